@@ -1,0 +1,486 @@
+//! Many users' sessions in memory, with the indexes the lifecycle needs.
+//!
+//! Owns the map from [`SessionKey`] to [`Session`], the secondary indexes (by user, by `(iss, sid)`, by
+//! `(iss, sub)`) and the schedule of each session's next due event, which is what lets [`Registry::tick`]
+//! cost in proportion to the sessions that are due rather than to all sessions. Every rule comes from
+//! `lifecycle`; this module only finds records and keeps the indexes true.
+//!
+//! The registry is the oracle the server's durable stores are checked against, and an in-memory store in
+//! its own right. It is deterministic: every collection is ordered, so equal command logs give equal
+//! registries, byte for byte.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::effect::Effect;
+use crate::id::{Handle, SessionId, SessionKey};
+use crate::lifecycle::{self, AuthRequest, Authenticated, NewSession, Refusal, Transition};
+use crate::policy::{Policy, PolicyError};
+use crate::refresh::{RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, Trigger};
+use crate::session::{ExpiryReason, RevocationReason, Session, UserId};
+use crate::time::Timestamp;
+
+/// The largest key, to make a schedule range inclusive of every key at one instant.
+const LAST_KEY: SessionKey = SessionKey::from_bytes([0xff; 32]);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    session: Session,
+    /// The instant under which the session sits in `schedule`.
+    scheduled: Option<Timestamp>,
+}
+
+/// Sessions of many users. See the module docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registry {
+    policy: Policy,
+    entries: BTreeMap<SessionKey, Entry>,
+    by_user: BTreeMap<UserId, BTreeSet<SessionKey>>,
+    by_sid: BTreeMap<(String, String), BTreeSet<SessionKey>>,
+    by_sub: BTreeMap<(String, String), BTreeSet<SessionKey>>,
+    schedule: BTreeSet<(Timestamp, SessionKey)>,
+}
+
+/// Why a session could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// A record with this key exists: the caller's random source repeated itself, or an ID was reused.
+    DuplicateId,
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DuplicateId => f.write_str("a session with this id already exists"),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {}
+
+/// What one sweep found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Sessions that expired in this sweep.
+    pub expired: Vec<(SessionKey, ExpiryReason)>,
+    /// Tombstones deleted.
+    pub deleted: Vec<SessionKey>,
+    /// Recently used sessions whose access token is within the background window: begin a refresh for each
+    /// with [`Trigger::Background`].
+    pub refresh_due: Vec<SessionKey>,
+}
+
+impl Registry {
+    pub fn new(policy: Policy) -> Result<Self, PolicyError> {
+        policy.validate()?;
+        Ok(Self {
+            policy,
+            entries: BTreeMap::new(),
+            by_user: BTreeMap::new(),
+            by_sid: BTreeMap::new(),
+            by_sub: BTreeMap::new(),
+            schedule: BTreeSet::new(),
+        })
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Records held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, key: &SessionKey) -> Option<&Session> {
+        self.entries.get(key).map(|e| &e.session)
+    }
+
+    /// Every record in key order, tombstones included.
+    pub fn iter(&self) -> impl Iterator<Item = &Session> {
+        self.entries.values().map(|e| &e.session)
+    }
+
+    /// A user's active sessions, in key order.
+    pub fn sessions_of(&self, user: &UserId) -> Vec<&Session> {
+        self.keys_of(&self.by_user, user)
+            .iter()
+            .filter_map(|k| self.get(k))
+            .collect()
+    }
+
+    /// When the next call to [`Registry::tick`] has something to do. Calling earlier is a harmless no-op.
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.schedule.first().map(|&(at, _)| at)
+    }
+
+    /// Creates a session. A login that presents an active session (`supersedes`) ends it.
+    pub fn create(
+        &mut self,
+        new: &NewSession,
+        supersedes: Option<SessionKey>,
+        now: Timestamp,
+    ) -> Transition<Result<SessionKey, CreateError>> {
+        let key = new.id.key();
+        if self.entries.contains_key(&key) {
+            return Transition::new(Err(CreateError::DuplicateId), Vec::new());
+        }
+        let mut effects = Vec::new();
+        if let Some(old) = supersedes {
+            let t = self.update(old, now, |s, policy| {
+                s.map(|s| lifecycle::revoke(s, RevocationReason::Superseded, now, policy))
+            });
+            effects.extend(t.into_iter().flat_map(|t| t.effects));
+        }
+        let created = lifecycle::create(new, now, &self.policy);
+        effects.extend(created.effects);
+        self.insert(created.outcome, now);
+        Transition::new(Ok(key), effects)
+    }
+
+    /// Puts a record loaded from a store into the registry, replacing any with the same key.
+    pub fn restore(&mut self, session: Session, now: Timestamp) {
+        self.remove(&session.key());
+        self.insert(session, now);
+    }
+
+    /// Checks a request: the cookie, the CSRF proof on unsafe methods, and the session's state and deadlines.
+    pub fn authenticate(
+        &mut self,
+        request: &AuthRequest<'_>,
+        now: Timestamp,
+    ) -> Transition<Result<Authenticated, Refusal>> {
+        let id = match lifecycle::admit(request) {
+            Ok(id) => id,
+            Err(refusal @ (Refusal::NoCookie | Refusal::Csrf(_))) => {
+                return Transition::new(Err(refusal), Vec::new());
+            }
+            Err(refusal) => return Transition::new(Err(refusal), vec![Effect::ClearCookies]),
+        };
+        self.authenticate_id(&id, now)
+    }
+
+    /// [`Registry::authenticate`] for a caller that has already admitted the request.
+    pub fn authenticate_id(
+        &mut self,
+        id: &SessionId,
+        now: Timestamp,
+    ) -> Transition<Result<Authenticated, Refusal>> {
+        self.update(id.key(), now, |s, policy| {
+            lifecycle::authenticate(s, now, policy)
+        })
+    }
+
+    pub fn touch(&mut self, key: SessionKey, now: Timestamp) -> Transition<Result<bool, Refusal>> {
+        self.update(key, now, |s, policy| match s {
+            Some(s) => lifecycle::touch(s, now, policy),
+            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
+        })
+    }
+
+    pub fn begin_refresh(
+        &mut self,
+        key: SessionKey,
+        trigger: Trigger,
+        now: Timestamp,
+    ) -> Transition<Result<RefreshTicket, RefreshRefusal>> {
+        self.update(key, now, |s, policy| match s {
+            Some(s) => lifecycle::begin_refresh(s, trigger, now, policy),
+            None => Transition::new(Err(RefreshRefusal::Ended(Refusal::Unknown)), Vec::new()),
+        })
+    }
+
+    pub fn complete_refresh(
+        &mut self,
+        ticket: &RefreshTicket,
+        result: RefreshResult,
+        now: Timestamp,
+    ) -> Transition<RefreshCompletion> {
+        self.update(ticket.key, now, |s, policy| {
+            lifecycle::complete_refresh(s, ticket, result, now, policy)
+        })
+    }
+
+    /// Ends one session.
+    pub fn revoke(
+        &mut self,
+        key: SessionKey,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Transition<Result<(), Refusal>> {
+        let mut t = self.update(key, now, |s, policy| match s {
+            Some(s) => lifecycle::revoke(s, reason, now, policy),
+            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
+        });
+        if t.outcome.is_ok() && reason.clears_cookies() {
+            t.effects.push(Effect::ClearCookies);
+        }
+        t
+    }
+
+    /// Ends every active session of a user ("log out everywhere"). Returns the sessions it ended.
+    pub fn revoke_user(
+        &mut self,
+        user: &UserId,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Transition<Vec<SessionKey>> {
+        let keys = self.keys_of(&self.by_user, user);
+        let mut t = self.revoke_keys(keys, reason, now);
+        if reason.clears_cookies() {
+            t.effects.push(Effect::ClearCookies);
+        }
+        t
+    }
+
+    /// Ends the user's session named by `handle`, from another device. Another user's handle is unknown.
+    pub fn revoke_handle(
+        &mut self,
+        user: &UserId,
+        handle: Handle,
+        now: Timestamp,
+    ) -> Transition<Result<(), Refusal>> {
+        let key = self
+            .keys_of(&self.by_user, user)
+            .into_iter()
+            .find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
+        match key {
+            Some(key) => self.revoke(key, RevocationReason::RevokedFromDevice, now),
+            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
+        }
+    }
+
+    /// Back-channel logout naming the provider's session.
+    pub fn revoke_by_sid(
+        &mut self,
+        iss: &str,
+        sid: &str,
+        now: Timestamp,
+    ) -> Transition<Vec<SessionKey>> {
+        let keys = self.keys_of(&self.by_sid, &(iss.to_owned(), sid.to_owned()));
+        self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
+    }
+
+    /// Back-channel logout naming the user at the provider.
+    pub fn revoke_by_sub(
+        &mut self,
+        iss: &str,
+        sub: &str,
+        now: Timestamp,
+    ) -> Transition<Vec<SessionKey>> {
+        let keys = self.keys_of(&self.by_sub, &(iss.to_owned(), sub.to_owned()));
+        self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
+    }
+
+    /// Expires sessions past a deadline, deletes tombstones past retention and lists the sessions due for a
+    /// background refresh. Looks only at sessions whose scheduled instant has come.
+    pub fn tick(&mut self, now: Timestamp) -> Transition<TickReport> {
+        let due: Vec<SessionKey> = self
+            .schedule
+            .range(..=(now, LAST_KEY))
+            .map(|&(_, key)| key)
+            .collect();
+        let mut report = TickReport::default();
+        let mut effects = Vec::new();
+        for key in due {
+            let Some(session) = self.get(&key) else {
+                continue;
+            };
+            if session.delete_at(&self.policy).is_some_and(|at| now >= at) {
+                self.remove(&key);
+                report.deleted.push(key);
+                effects.push(Effect::Delete { key });
+                continue;
+            }
+            let t = self.update(key, now, |s, policy| {
+                s.map(|s| lifecycle::expire_if_due(s, now, policy))
+            });
+            if let Some(t) = t {
+                effects.extend(t.effects);
+                if let Some(reason) = t.outcome {
+                    report.expired.push((key, reason));
+                }
+            }
+            if self
+                .get(&key)
+                .is_some_and(|s| background_due(s, now, &self.policy))
+            {
+                report.refresh_due.push(key);
+            }
+            // Whether or not anything changed, the next event is now computed from `now`: a session that
+            // has fallen out of the recent-use window drops its refresh event here.
+            self.reschedule(key, now);
+        }
+        Transition::new(report, effects)
+    }
+
+    fn revoke_keys(
+        &mut self,
+        keys: Vec<SessionKey>,
+        reason: RevocationReason,
+        now: Timestamp,
+    ) -> Transition<Vec<SessionKey>> {
+        let mut ended = Vec::new();
+        let mut effects = Vec::new();
+        for key in keys {
+            let t = self.update(key, now, |s, policy| {
+                s.map(|s| lifecycle::revoke(s, reason, now, policy))
+            });
+            if let Some(t) = t {
+                if t.outcome.is_ok() {
+                    ended.push(key);
+                }
+                effects.extend(t.effects);
+            }
+        }
+        Transition::new(ended, effects)
+    }
+
+    fn keys_of<K: Ord>(&self, index: &BTreeMap<K, BTreeSet<SessionKey>>, k: &K) -> Vec<SessionKey> {
+        index
+            .get(k)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Runs a lifecycle transition on one record and brings the indexes up to date with its result.
+    fn update<T>(
+        &mut self,
+        key: SessionKey,
+        now: Timestamp,
+        f: impl FnOnce(Option<&mut Session>, &Policy) -> T,
+    ) -> T {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return f(None, &self.policy);
+        };
+        let was_active = entry.session.is_active();
+        let version = entry.session.version();
+        let out = f(Some(&mut entry.session), &self.policy);
+        if entry.session.version() != version {
+            if was_active && !entry.session.is_active() {
+                let session = entry.session.clone();
+                self.unindex(&session);
+            }
+            self.reschedule(key, now);
+        }
+        out
+    }
+
+    fn insert(&mut self, session: Session, now: Timestamp) {
+        let key = session.key();
+        if session.is_active() {
+            self.by_user
+                .entry(session.user().clone())
+                .or_default()
+                .insert(key);
+            if let Some(oidc) = session.oidc() {
+                self.by_sub
+                    .entry((oidc.iss.clone(), oidc.sub.clone()))
+                    .or_default()
+                    .insert(key);
+                if let Some(sid) = &oidc.sid {
+                    self.by_sid
+                        .entry((oidc.iss.clone(), sid.clone()))
+                        .or_default()
+                        .insert(key);
+                }
+            }
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                session,
+                scheduled: None,
+            },
+        );
+        self.reschedule(key, now);
+    }
+
+    fn remove(&mut self, key: &SessionKey) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.unindex(&entry.session);
+            if let Some(at) = entry.scheduled {
+                self.schedule.remove(&(at, *key));
+            }
+        }
+    }
+
+    fn unindex(&mut self, session: &Session) {
+        let key = session.key();
+        remove_from(&mut self.by_user, session.user(), &key);
+        if let Some(oidc) = session.oidc() {
+            remove_from(
+                &mut self.by_sub,
+                &(oidc.iss.clone(), oidc.sub.clone()),
+                &key,
+            );
+            if let Some(sid) = &oidc.sid {
+                remove_from(&mut self.by_sid, &(oidc.iss.clone(), sid.clone()), &key);
+            }
+        }
+    }
+
+    fn reschedule(&mut self, key: SessionKey, now: Timestamp) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        let next = next_event(&entry.session, now, &self.policy);
+        if entry.scheduled == next {
+            return;
+        }
+        if let Some(at) = entry.scheduled {
+            self.schedule.remove(&(at, key));
+        }
+        if let Some(at) = next {
+            self.schedule.insert((at, key));
+        }
+        entry.scheduled = next;
+    }
+}
+
+fn remove_from<K: Ord + Clone>(
+    index: &mut BTreeMap<K, BTreeSet<SessionKey>>,
+    k: &K,
+    key: &SessionKey,
+) {
+    if let Some(set) = index.get_mut(k) {
+        set.remove(key);
+        if set.is_empty() {
+            index.remove(k);
+        }
+    }
+}
+
+/// The next instant at which `tick` has something to decide about this session.
+fn next_event(s: &Session, now: Timestamp, policy: &Policy) -> Option<Timestamp> {
+    if let Some(at) = s.delete_at(policy) {
+        return Some(at);
+    }
+    let (expiry, _) = s.expiry(policy);
+    Some(background_refresh_at(s, now, policy).map_or(expiry, |at| at.min(expiry)))
+}
+
+/// When the background refresher should pick this session up, if it will still count as recently used then.
+fn background_refresh_at(s: &Session, now: Timestamp, policy: &Policy) -> Option<Timestamp> {
+    let mut at = s.refresh_from(policy.background_window, policy)?;
+    let refresh = s.refresh_state();
+    if let Some(lease) = refresh.lease() {
+        at = at.max(lease.expires_at);
+    }
+    if let Some(retry_at) = refresh.retry_at() {
+        at = at.max(retry_at);
+    }
+    (at.max(now)
+        <= s.last_used_at()
+            .saturating_add(policy.background_recent_use))
+    .then_some(at)
+}
+
+fn background_due(s: &Session, now: Timestamp, policy: &Policy) -> bool {
+    s.is_active() && background_refresh_at(s, now, policy).is_some_and(|at| now >= at)
+}

@@ -1,0 +1,313 @@
+//! One session's record: who it belongs to, its tokens, its deadlines and its state.
+//!
+//! Owns the data of a session and the pure questions about it ("when does it expire?", "is the access token
+//! due?"). It never changes a record: changes are transitions, in `lifecycle`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{Handle, Secret, SessionKey};
+use crate::policy::Policy;
+use crate::refresh::RefreshState;
+use crate::time::Timestamp;
+
+/// The application's name for a user; sessions are grouped by it for "log out everywhere".
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who vouched for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Provider {
+    /// Signed in by the application itself; there are no tokens.
+    Local,
+    /// Signed in through an OpenID provider.
+    Oidc(OidcIdentity),
+}
+
+/// The provider's names for the user and their provider-side session, used by back-channel logout.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct OidcIdentity {
+    pub iss: String,
+    pub sub: String,
+    /// The provider's session ID (`sid` claim), when it sends one.
+    pub sid: Option<String>,
+}
+
+/// What the session knows about the browser that created it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub user_agent: String,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The provider's tokens. They never leave the server and are sealed at rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    pub access_token: Secret,
+    /// When the access token was received; bounds how early it is refreshed.
+    pub access_issued_at: Timestamp,
+    pub access_expires_at: Timestamp,
+    pub refresh_token: Option<Secret>,
+    pub refresh_expires_at: Option<Timestamp>,
+    pub id_token: Option<Secret>,
+}
+
+/// Where a session is in its life. `Expired` and `Revoked` are terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Active,
+    Expired {
+        at: Timestamp,
+        reason: ExpiryReason,
+    },
+    Revoked {
+        at: Timestamp,
+        reason: RevocationReason,
+    },
+}
+
+/// Which deadline ended a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ExpiryReason {
+    /// The absolute lifetime ran out.
+    Absolute,
+    /// The session was not used for the idle timeout.
+    Idle,
+    /// The provider's refresh token expired, so the session can no longer get access tokens.
+    RefreshToken,
+}
+
+/// Who or what ended a session early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum RevocationReason {
+    /// The user signed out of this session.
+    Logout,
+    /// The user signed out of every session.
+    LogoutEverywhere,
+    /// The user ended this session from another device.
+    RevokedFromDevice,
+    /// The provider answered `invalid_grant` to a refresh.
+    RefreshRejected,
+    /// The provider sent a back-channel logout token.
+    BackchannelLogout,
+    /// The same browser signed in again.
+    Superseded,
+    /// An operator ended it.
+    Admin,
+}
+
+impl RevocationReason {
+    /// Whether ending the session should also revoke its refresh token at the provider. Not when the
+    /// provider itself ended the grant.
+    pub const fn revokes_at_provider(self) -> bool {
+        !matches!(self, Self::RefreshRejected | Self::BackchannelLogout)
+    }
+
+    /// Whether the request that asked for it should leave the browser without cookies.
+    pub const fn clears_cookies(self) -> bool {
+        matches!(self, Self::Logout | Self::LogoutEverywhere)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::LogoutEverywhere => "logout_everywhere",
+            Self::RevokedFromDevice => "revoked_from_device",
+            Self::RefreshRejected => "refresh_rejected",
+            Self::BackchannelLogout => "backchannel_logout",
+            Self::Superseded => "superseded",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl ExpiryReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Absolute => "absolute",
+            Self::Idle => "idle",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+impl fmt::Display for ExpiryReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session record. Fields are read through accessors; only `lifecycle` changes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub(crate) key: SessionKey,
+    pub(crate) handle: Handle,
+    pub(crate) user: UserId,
+    pub(crate) provider: Provider,
+    pub(crate) device: Device,
+    pub(crate) created_at: Timestamp,
+    pub(crate) last_used_at: Timestamp,
+    pub(crate) absolute_deadline: Timestamp,
+    pub(crate) state: State,
+    pub(crate) refresh: RefreshState,
+    /// Bumped by every change; the shell's stores compare-and-swap on it.
+    pub(crate) version: u64,
+    /// Sealed separately by `record`, so the plain encoding never contains a token.
+    #[serde(skip)]
+    pub(crate) tokens: Option<Tokens>,
+}
+
+impl Session {
+    pub fn key(&self) -> SessionKey {
+        self.key
+    }
+    pub fn handle(&self) -> Handle {
+        self.handle
+    }
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+    pub fn last_used_at(&self) -> Timestamp {
+        self.last_used_at
+    }
+    pub fn absolute_deadline(&self) -> Timestamp {
+        self.absolute_deadline
+    }
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn refresh_state(&self) -> &RefreshState {
+        &self.refresh
+    }
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+    pub fn is_active(&self) -> bool {
+        self.state == State::Active
+    }
+
+    /// The OIDC identity, for sessions signed in through a provider.
+    pub fn oidc(&self) -> Option<&OidcIdentity> {
+        match &self.provider {
+            Provider::Oidc(identity) => Some(identity),
+            Provider::Local => None,
+        }
+    }
+
+    /// When the idle timeout ends the session, if the policy has one.
+    pub fn idle_deadline(&self, policy: &Policy) -> Option<Timestamp> {
+        policy
+            .idle_timeout
+            .map(|idle| self.last_used_at.saturating_add(idle))
+    }
+
+    /// The earliest deadline and the reason it would give. Ties go to the reason listed first in
+    /// [`ExpiryReason`], so the answer does not depend on evaluation order.
+    pub fn expiry(&self, policy: &Policy) -> (Timestamp, ExpiryReason) {
+        let mut earliest = (self.absolute_deadline, ExpiryReason::Absolute);
+        let others = [
+            self.idle_deadline(policy).map(|t| (t, ExpiryReason::Idle)),
+            self.tokens
+                .as_ref()
+                .and_then(|t| t.refresh_expires_at)
+                .map(|t| (t, ExpiryReason::RefreshToken)),
+        ];
+        for candidate in others.into_iter().flatten() {
+            if candidate.0 < earliest.0 {
+                earliest = candidate;
+            }
+        }
+        earliest
+    }
+
+    /// The reason the session has expired at `now`, if a deadline has passed.
+    pub fn expired_at(&self, now: Timestamp, policy: &Policy) -> Option<ExpiryReason> {
+        let (deadline, reason) = self.expiry(policy);
+        (now >= deadline).then_some(reason)
+    }
+
+    /// From when the access token should be refreshed, given how far ahead of expiry to act. `None` when
+    /// there is nothing to refresh with. Never before half the token's lifetime has passed, so a provider
+    /// that issues tokens shorter than the margin does not get a refresh on every request.
+    pub fn refresh_from(&self, ahead: Duration, policy: &Policy) -> Option<Timestamp> {
+        let tokens = self.tokens.as_ref()?;
+        tokens.refresh_token.as_ref()?;
+        let by_margin = tokens
+            .access_expires_at
+            .saturating_sub(ahead.saturating_add(policy.clock_skew));
+        let half_life = tokens
+            .access_issued_at
+            .saturating_add(tokens.access_issued_at.until(tokens.access_expires_at) / 2);
+        Some(by_margin.max(half_life))
+    }
+
+    /// Whether a request at `now` should refresh the access token first.
+    pub fn refresh_due(&self, now: Timestamp, policy: &Policy) -> bool {
+        self.refresh_from(policy.refresh_margin, policy)
+            .is_some_and(|from| now >= from)
+    }
+
+    /// Whether a request at `now` should record its use.
+    pub fn touch_due(&self, now: Timestamp, policy: &Policy) -> bool {
+        now >= self.last_used_at.saturating_add(policy.touch_interval)
+    }
+
+    /// Seconds a cookie for this session may live from `now`: never past the absolute deadline, never beyond
+    /// what browsers accept.
+    pub fn cookie_max_age(&self, now: Timestamp) -> Duration {
+        now.until(self.absolute_deadline)
+            .min(crate::policy::MAX_COOKIE_AGE)
+    }
+
+    /// When a tombstone may be deleted; `None` for an active session.
+    pub fn delete_at(&self, policy: &Policy) -> Option<Timestamp> {
+        match self.state {
+            State::Active => None,
+            State::Expired { at, .. } | State::Revoked { at, .. } => {
+                Some(at.saturating_add(policy.tombstone_retention))
+            }
+        }
+    }
+}
