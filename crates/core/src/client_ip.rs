@@ -23,11 +23,7 @@ pub struct TrustedProxyError {
 
 impl fmt::Display for TrustedProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "trusted proxy {:?} is not an IP address or CIDR network (like 10.0.0.0/8)",
-            self.entry
-        )
+        write!(f, "trusted proxy {:?} is not an IP address or CIDR network (like 10.0.0.0/8)", self.entry)
     }
 }
 
@@ -46,9 +42,7 @@ impl TrustedProxies {
             let net = entry
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| TrustedProxyError {
-                    entry: entry.to_owned(),
-                })?;
+                .map_err(|_| TrustedProxyError { entry: entry.to_owned() })?;
             nets.push(net);
         }
         Ok(Self(nets))
@@ -62,28 +56,15 @@ impl TrustedProxies {
 
 /// The client's address. `forwarded` and `x_forwarded_for` are every value of those headers, in order;
 /// `Forwarded` wins when both are present, since it is the standard one.
-pub fn resolve(
-    peer: IpAddr,
-    forwarded: &[&str],
-    x_forwarded_for: &[&str],
-    trusted: &TrustedProxies,
-) -> IpAddr {
+pub fn resolve(peer: IpAddr, forwarded: &[&str], x_forwarded_for: &[&str], trusted: &TrustedProxies) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted.contains(peer) {
         return peer;
     }
     let hops: Vec<Option<IpAddr>> = if forwarded.iter().any(|v| !v.trim().is_empty()) {
-        forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(forwarded_for)
-            .collect()
+        forwarded.iter().flat_map(|v| v.split(',')).map(forwarded_for).collect()
     } else {
-        x_forwarded_for
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(node)
-            .collect()
+        x_forwarded_for.iter().flat_map(|v| v.split(',')).map(node).collect()
     };
     let mut client = peer;
     for hop in hops.into_iter().rev() {
@@ -102,9 +83,7 @@ pub fn resolve(
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     element.split(';').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("for")
-            .then(|| node(value.trim().trim_matches('"')))?
+        name.trim().eq_ignore_ascii_case("for").then(|| node(value.trim().trim_matches('"')))?
     })
 }
 
@@ -114,11 +93,7 @@ fn node(s: &str) -> Option<IpAddr> {
     let s = s.trim();
     if let Some(rest) = s.strip_prefix('[') {
         let (inner, after) = rest.split_once(']')?;
-        if !(after.is_empty()
-            || after
-                .strip_prefix(':')
-                .is_some_and(|p| p.parse::<u16>().is_ok()))
-        {
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok())) {
             return None;
         }
         return inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
@@ -145,88 +120,48 @@ mod tests {
 
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_claims() {
-        assert_eq!(
-            resolve(ip("203.0.113.9"), &[], &["1.1.1.1"], &trusted()),
-            ip("203.0.113.9")
-        );
-        assert_eq!(
-            resolve(ip("203.0.113.9"), &["for=1.1.1.1"], &[], &trusted()),
-            ip("203.0.113.9")
-        );
+        assert_eq!(resolve(ip("203.0.113.9"), &[], &["1.1.1.1"], &trusted()), ip("203.0.113.9"));
+        assert_eq!(resolve(ip("203.0.113.9"), &["for=1.1.1.1"], &[], &trusted()), ip("203.0.113.9"));
     }
 
     #[test]
     fn the_walk_goes_right_to_left_and_stops_at_the_first_untrusted_hop() {
         // The client wrote "6.6.6.6" itself; the first proxy appended the real address.
         let xff = ["6.6.6.6, 198.51.100.7, 10.1.1.1"];
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &[], &xff, &trusted()),
-            ip("198.51.100.7")
-        );
+        assert_eq!(resolve(ip("10.0.0.2"), &[], &xff, &trusted()), ip("198.51.100.7"));
         let split = ["6.6.6.6", "198.51.100.7, 10.1.1.1"];
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &[], &split, &trusted()),
-            ip("198.51.100.7")
-        );
+        assert_eq!(resolve(ip("10.0.0.2"), &[], &split, &trusted()), ip("198.51.100.7"));
     }
 
     #[test]
     fn forwarded_is_preferred_and_understands_ports_quotes_and_ipv6() {
         let fwd = [r#"for=6.6.6.6, for="[2001:db8::7]:4711";proto=https, For=10.2.2.2:80"#];
-        assert_eq!(
-            resolve(ip("::1"), &fwd, &["5.5.5.5"], &trusted()),
-            ip("2001:db8::7")
-        );
+        assert_eq!(resolve(ip("::1"), &fwd, &["5.5.5.5"], &trusted()), ip("2001:db8::7"));
     }
 
     #[test]
     fn an_unreadable_hop_stops_the_walk_at_the_proxy_that_wrote_it() {
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &["for=unknown"], &[], &trusted()),
-            ip("10.0.0.2")
-        );
-        assert_eq!(
-            resolve(
-                ip("10.0.0.2"),
-                &[],
-                &["1.1.1.1, garbage, 10.3.3.3"],
-                &trusted()
-            ),
-            ip("10.3.3.3")
-        );
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &["proto=https"], &[], &trusted()),
-            ip("10.0.0.2")
-        );
+        assert_eq!(resolve(ip("10.0.0.2"), &["for=unknown"], &[], &trusted()), ip("10.0.0.2"));
+        assert_eq!(resolve(ip("10.0.0.2"), &[], &["1.1.1.1, garbage, 10.3.3.3"], &trusted()), ip("10.3.3.3"));
+        assert_eq!(resolve(ip("10.0.0.2"), &["proto=https"], &[], &trusted()), ip("10.0.0.2"));
     }
 
     #[test]
     fn all_trusted_hops_yield_the_leftmost() {
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &[], &["10.9.9.9, 10.8.8.8"], &trusted()),
-            ip("10.9.9.9")
-        );
-        assert_eq!(
-            resolve(ip("10.0.0.2"), &[], &[], &trusted()),
-            ip("10.0.0.2")
-        );
+        assert_eq!(resolve(ip("10.0.0.2"), &[], &["10.9.9.9, 10.8.8.8"], &trusted()), ip("10.9.9.9"));
+        assert_eq!(resolve(ip("10.0.0.2"), &[], &[], &trusted()), ip("10.0.0.2"));
     }
 
     #[test]
     fn ipv4_mapped_peers_are_canonical() {
-        assert_eq!(
-            resolve(ip("::ffff:10.0.0.2"), &[], &["198.51.100.1"], &trusted()),
-            ip("198.51.100.1")
-        );
+        assert_eq!(resolve(ip("::ffff:10.0.0.2"), &[], &["198.51.100.1"], &trusted()), ip("198.51.100.1"));
     }
 
     #[test]
     fn a_bad_trusted_entry_is_named() {
         assert_eq!(
             TrustedProxies::parse("10.0.0.0/8, proxy.local"),
-            Err(TrustedProxyError {
-                entry: "proxy.local".into()
-            })
+            Err(TrustedProxyError { entry: "proxy.local".into() })
         );
         assert_eq!(TrustedProxies::parse(""), Ok(TrustedProxies::none()));
     }

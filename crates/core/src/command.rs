@@ -13,46 +13,16 @@ use crate::time::Timestamp;
 /// One input to the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Create {
-        new: NewSession,
-        supersedes: Option<SessionKey>,
-    },
-    Authenticate {
-        cookie: Option<String>,
-        method: Method,
-        csrf_proof: Option<String>,
-    },
-    Touch {
-        key: SessionKey,
-    },
-    BeginRefresh {
-        key: SessionKey,
-        trigger: Trigger,
-    },
-    CompleteRefresh {
-        ticket: RefreshTicket,
-        result: RefreshResult,
-    },
-    Revoke {
-        key: SessionKey,
-        reason: RevocationReason,
-    },
-    RevokeUser {
-        user: UserId,
-        reason: RevocationReason,
-    },
-    RevokeHandle {
-        user: UserId,
-        handle: Handle,
-    },
-    RevokeBySid {
-        iss: String,
-        sid: String,
-    },
-    RevokeBySub {
-        iss: String,
-        sub: String,
-    },
+    Create { new: NewSession, supersedes: Option<SessionKey> },
+    Authenticate { cookie: Option<String>, method: Method, csrf_proof: Option<String> },
+    Touch { key: SessionKey },
+    BeginRefresh { key: SessionKey, trigger: Trigger },
+    CompleteRefresh { ticket: RefreshTicket, result: RefreshResult },
+    Revoke { key: SessionKey, reason: RevocationReason },
+    RevokeUser { user: UserId, reason: RevocationReason },
+    RevokeHandle { user: UserId, handle: Handle },
+    RevokeBySid { iss: String, sid: String },
+    RevokeBySub { iss: String, sub: String },
     Tick,
 }
 
@@ -73,43 +43,24 @@ impl Registry {
     /// Runs one command at `now`.
     pub fn apply(&mut self, command: &Command, now: Timestamp) -> Transition<Outcome> {
         match command {
-            Command::Create { new, supersedes } => {
-                self.create(new, *supersedes, now).map(Outcome::Created)
-            }
-            Command::Authenticate {
-                cookie,
-                method,
-                csrf_proof,
-            } => {
-                let request = AuthRequest {
-                    cookie: cookie.as_deref(),
-                    method: *method,
-                    csrf_proof: csrf_proof.as_deref(),
-                };
+            Command::Create { new, supersedes } => self.create(new, *supersedes, now).map(Outcome::Created),
+            Command::Authenticate { cookie, method, csrf_proof } => {
+                let request =
+                    AuthRequest { cookie: cookie.as_deref(), method: *method, csrf_proof: csrf_proof.as_deref() };
                 self.authenticate(&request, now).map(Outcome::Authenticated)
             }
             Command::Touch { key } => self.touch(*key, now).map(Outcome::Touched),
-            Command::BeginRefresh { key, trigger } => self
-                .begin_refresh(*key, *trigger, now)
-                .map(Outcome::RefreshBegun),
-            Command::CompleteRefresh { ticket, result } => self
-                .complete_refresh(ticket, result.clone(), now)
-                .map(Outcome::RefreshCompleted),
-            Command::Revoke { key, reason } => {
-                self.revoke(*key, *reason, now).map(Outcome::Revoked)
+            Command::BeginRefresh { key, trigger } => {
+                self.begin_refresh(*key, *trigger, now).map(Outcome::RefreshBegun)
             }
-            Command::RevokeUser { user, reason } => self
-                .revoke_user(user, *reason, now)
-                .map(Outcome::RevokedMany),
-            Command::RevokeHandle { user, handle } => {
-                self.revoke_handle(user, *handle, now).map(Outcome::Revoked)
+            Command::CompleteRefresh { ticket, result } => {
+                self.complete_refresh(ticket, result.clone(), now).map(Outcome::RefreshCompleted)
             }
-            Command::RevokeBySid { iss, sid } => {
-                self.revoke_by_sid(iss, sid, now).map(Outcome::RevokedMany)
-            }
-            Command::RevokeBySub { iss, sub } => {
-                self.revoke_by_sub(iss, sub, now).map(Outcome::RevokedMany)
-            }
+            Command::Revoke { key, reason } => self.revoke(*key, *reason, now).map(Outcome::Revoked),
+            Command::RevokeUser { user, reason } => self.revoke_user(user, *reason, now).map(Outcome::RevokedMany),
+            Command::RevokeHandle { user, handle } => self.revoke_handle(user, *handle, now).map(Outcome::Revoked),
+            Command::RevokeBySid { iss, sid } => self.revoke_by_sid(iss, sid, now).map(Outcome::RevokedMany),
+            Command::RevokeBySub { iss, sub } => self.revoke_by_sub(iss, sub, now).map(Outcome::RevokedMany),
             Command::Tick => self.tick(now).map(Outcome::Ticked),
         }
     }

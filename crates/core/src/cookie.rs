@@ -30,10 +30,7 @@ impl fmt::Display for CookieError {
         match self {
             Self::Duplicate { name } => write!(f, "cookie {name} is present more than once"),
             Self::TooLarge { len } => {
-                write!(
-                    f,
-                    "cookie headers are {len} bytes, more than the {MAX_COOKIE_HEADER_BYTES} accepted"
-                )
+                write!(f, "cookie headers are {len} bytes, more than the {MAX_COOKIE_HEADER_BYTES} accepted")
             }
         }
     }
@@ -61,17 +58,11 @@ where
             continue;
         }
         if found.is_some() {
-            return Err(CookieError::Duplicate {
-                name: name.to_owned(),
-            });
+            return Err(CookieError::Duplicate { name: name.to_owned() });
         }
         let v = v.trim_matches([' ', '\t']);
         // RFC 6265 allows a value in double quotes; the quotes are not part of it.
-        found = Some(
-            v.strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v),
-        );
+        found = Some(v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v));
     }
     Ok(found)
 }
@@ -120,11 +111,7 @@ impl Cookies {
 
     /// The exact name of a cookie.
     pub fn name(&self, kind: Kind) -> String {
-        if self.secure {
-            format!("__Host-{}", kind.base_name())
-        } else {
-            kind.base_name().to_owned()
-        }
+        if self.secure { format!("__Host-{}", kind.base_name()) } else { kind.base_name().to_owned() }
     }
 
     /// A `Set-Cookie` value that sets `kind` to `value` for `max_age` (capped at 400 days).
@@ -138,10 +125,7 @@ impl Cookies {
     }
 
     fn build(&self, kind: Kind, value: &str, max_age_secs: u64) -> String {
-        let mut out = format!(
-            "{}={value}; Path=/; Max-Age={max_age_secs}; SameSite=Lax",
-            self.name(kind)
-        );
+        let mut out = format!("{}={value}; Path=/; Max-Age={max_age_secs}; SameSite=Lax", self.name(kind));
         if kind.http_only() {
             out.push_str("; HttpOnly");
         }
@@ -160,14 +144,8 @@ mod tests {
 
     #[test]
     fn finds_the_exact_name_among_others() {
-        assert_eq!(
-            find(["a=1; __Host-bff-session=abc; b=2"], NAME),
-            Ok(Some("abc"))
-        );
-        assert_eq!(
-            find(["a=1", "__Host-bff-session=\"abc\""], NAME),
-            Ok(Some("abc"))
-        );
+        assert_eq!(find(["a=1; __Host-bff-session=abc; b=2"], NAME), Ok(Some("abc")));
+        assert_eq!(find(["a=1", "__Host-bff-session=\"abc\""], NAME), Ok(Some("abc")));
         assert_eq!(find(["a=1; b"], NAME), Ok(None));
         assert_eq!(find([], NAME), Ok(None));
     }
@@ -175,40 +153,22 @@ mod tests {
     #[test]
     fn names_are_case_sensitive_so_a_lowercase_prefix_is_ignored() {
         assert_eq!(find(["__host-bff-session=evil"], NAME), Ok(None));
-        assert_eq!(
-            find(["__host-bff-session=evil; __Host-bff-session=good"], NAME),
-            Ok(Some("good"))
-        );
+        assert_eq!(find(["__host-bff-session=evil; __Host-bff-session=good"], NAME), Ok(Some("good")));
     }
 
     #[test]
     fn duplicates_are_refused_in_either_order_and_across_headers() {
         let dup = Err(CookieError::Duplicate { name: NAME.into() });
-        assert_eq!(
-            find(["__Host-bff-session=a; __Host-bff-session=b"], NAME),
-            dup
-        );
-        assert_eq!(
-            find(["__Host-bff-session=b; __Host-bff-session=a"], NAME),
-            dup
-        );
-        assert_eq!(
-            find(["__Host-bff-session=a", "__Host-bff-session=b"], NAME),
-            dup
-        );
-        assert_eq!(
-            find(["__Host-bff-session=a; __Host-bff-session=a"], NAME),
-            dup
-        );
+        assert_eq!(find(["__Host-bff-session=a; __Host-bff-session=b"], NAME), dup);
+        assert_eq!(find(["__Host-bff-session=b; __Host-bff-session=a"], NAME), dup);
+        assert_eq!(find(["__Host-bff-session=a", "__Host-bff-session=b"], NAME), dup);
+        assert_eq!(find(["__Host-bff-session=a; __Host-bff-session=a"], NAME), dup);
     }
 
     #[test]
     fn oversized_headers_are_refused() {
         let big = format!("x={}", "y".repeat(MAX_COOKIE_HEADER_BYTES));
-        assert_eq!(
-            find([big.as_str()], NAME),
-            Err(CookieError::TooLarge { len: big.len() })
-        );
+        assert_eq!(find([big.as_str()], NAME), Err(CookieError::TooLarge { len: big.len() }));
     }
 
     #[test]
@@ -216,14 +176,8 @@ mod tests {
         let c = Cookies::new(true);
         let set = c.set(Kind::Session, "v", Duration::from_secs(60));
         let clear = c.clear(Kind::Session);
-        assert_eq!(
-            set,
-            "__Host-bff-session=v; Path=/; Max-Age=60; SameSite=Lax; HttpOnly; Secure"
-        );
-        assert_eq!(
-            clear,
-            "__Host-bff-session=; Path=/; Max-Age=0; SameSite=Lax; HttpOnly; Secure"
-        );
+        assert_eq!(set, "__Host-bff-session=v; Path=/; Max-Age=60; SameSite=Lax; HttpOnly; Secure");
+        assert_eq!(clear, "__Host-bff-session=; Path=/; Max-Age=0; SameSite=Lax; HttpOnly; Secure");
         assert_eq!(
             c.set(Kind::Csrf, "p", Duration::from_secs(1)),
             "__Host-bff-csrf=p; Path=/; Max-Age=1; SameSite=Lax; Secure"

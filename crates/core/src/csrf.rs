@@ -60,17 +60,10 @@ pub fn verify(id: &SessionId, presented: Option<&str>) -> Result<(), CsrfError> 
     let presented = presented.ok_or(CsrfError::Missing)?;
     let mut bytes = [0u8; 32];
     let decoded = presented.len() == PROOF_LEN
-        && matches!(
-            URL_SAFE_NO_PAD.decode_slice(presented.as_bytes(), &mut bytes),
-            Ok(32)
-        );
+        && matches!(URL_SAFE_NO_PAD.decode_slice(presented.as_bytes(), &mut bytes), Ok(32));
     // Malformed proofs still go through the comparison, so timing says nothing about the format check.
     let matches = mac(id).verify_slice(&bytes).is_ok();
-    if decoded && matches {
-        Ok(())
-    } else {
-        Err(CsrfError::Mismatch)
-    }
+    if decoded && matches { Ok(()) } else { Err(CsrfError::Mismatch) }
 }
 
 #[cfg(test)]
@@ -89,20 +82,14 @@ mod tests {
 
     #[test]
     fn a_proof_from_another_session_fails() {
-        assert_eq!(
-            verify(&id(1), Some(&proof_for(&id(2)))),
-            Err(CsrfError::Mismatch)
-        );
+        assert_eq!(verify(&id(1), Some(&proof_for(&id(2)))), Err(CsrfError::Mismatch));
     }
 
     #[test]
     fn missing_and_malformed_proofs_fail() {
         assert_eq!(verify(&id(1), None), Err(CsrfError::Missing));
         assert_eq!(verify(&id(1), Some("")), Err(CsrfError::Mismatch));
-        assert_eq!(
-            verify(&id(1), Some("not base64 at all, but 43 characters long!!")),
-            Err(CsrfError::Mismatch)
-        );
+        assert_eq!(verify(&id(1), Some("not base64 at all, but 43 characters long!!")), Err(CsrfError::Mismatch));
         let mut long = proof_for(&id(1));
         long.push('A');
         assert_eq!(verify(&id(1), Some(&long)), Err(CsrfError::Mismatch));

@@ -19,11 +19,7 @@ pub enum Durability {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Write the record now at `version`, compare-and-swap against `version - 1` (or absence, for version 1).
-    Persist {
-        key: SessionKey,
-        version: u64,
-        durability: Durability,
-    },
+    Persist { key: SessionKey, version: u64, durability: Durability },
     /// Remove the record: a tombstone whose retention has passed.
     Delete { key: SessionKey },
     /// Send the session and CSRF cookies for the ID the caller created the session with.
@@ -36,10 +32,6 @@ pub enum Effect {
 
 impl Effect {
     pub(crate) fn persist(key: SessionKey, version: u64, durability: Durability) -> Self {
-        Self::Persist {
-            key,
-            version,
-            durability,
-        }
+        Self::Persist { key, version, durability }
     }
 }

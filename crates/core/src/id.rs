@@ -38,10 +38,7 @@ impl fmt::Display for SessionIdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Length { found } => {
-                write!(
-                    f,
-                    "session id must be {SESSION_ID_ENCODED_LEN} characters, found {found}"
-                )
+                write!(f, "session id must be {SESSION_ID_ENCODED_LEN} characters, found {found}")
             }
             Self::Encoding => f.write_str("session id is not canonical unpadded base64url"),
         }
@@ -197,28 +194,14 @@ mod tests {
         let encoded = id.encode();
         assert_eq!(encoded.len(), SESSION_ID_ENCODED_LEN);
         assert_eq!(SessionId::decode(&encoded), Ok(id.clone()));
-        assert_eq!(
-            id.key(),
-            SessionId::decode(&encoded)
-                .map(|i| i.key())
-                .unwrap_or(SessionKey([0; 32]))
-        );
+        assert_eq!(id.key(), SessionId::decode(&encoded).map(|i| i.key()).unwrap_or(SessionKey([0; 32])));
     }
 
     #[test]
     fn malformed_ids_are_refused_with_the_reason() {
-        assert_eq!(
-            SessionId::decode(""),
-            Err(SessionIdError::Length { found: 0 })
-        );
-        assert_eq!(
-            SessionId::decode(&"a".repeat(44)),
-            Err(SessionIdError::Length { found: 44 })
-        );
-        assert_eq!(
-            SessionId::decode(&"*".repeat(43)),
-            Err(SessionIdError::Encoding)
-        );
+        assert_eq!(SessionId::decode(""), Err(SessionIdError::Length { found: 0 }));
+        assert_eq!(SessionId::decode(&"a".repeat(44)), Err(SessionIdError::Length { found: 44 }));
+        assert_eq!(SessionId::decode(&"*".repeat(43)), Err(SessionIdError::Encoding));
         // 43 characters whose last one carries non-zero padding bits: a second spelling of some ID.
         let canonical = SessionId::from_random_bytes([0; 32]).encode();
         let mut twin = canonical[..42].to_string();

@@ -42,11 +42,7 @@ pub use effect::{Durability, Effect};
 pub use id::{Handle, Secret, SessionId, SessionIdError, SessionKey};
 pub use lifecycle::{AuthRequest, Authenticated, Login, Method, NewSession, Refusal, Transition};
 pub use policy::{Policy, PolicyError};
-pub use refresh::{
-    RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, TokenGrant, Trigger,
-};
+pub use refresh::{RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, TokenGrant, Trigger};
 pub use registry::{CreateError, Registry, TickReport};
-pub use session::{
-    Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId,
-};
+pub use session::{Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId};
 pub use time::Timestamp;

@@ -27,12 +27,9 @@ use crate::effect::{Durability, Effect};
 use crate::id::{SessionId, SessionIdError, SessionKey};
 use crate::policy::Policy;
 use crate::refresh::{
-    Lease, RefreshCompletion, RefreshRefusal, RefreshResult, RefreshState, RefreshTicket,
-    TokenGrant, Trigger,
+    Lease, RefreshCompletion, RefreshRefusal, RefreshResult, RefreshState, RefreshTicket, TokenGrant, Trigger,
 };
-use crate::session::{
-    Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId,
-};
+use crate::session::{Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId};
 use crate::time::Timestamp;
 
 /// An outcome and the effects that go with it.
@@ -49,10 +46,7 @@ impl<T> Transition<T> {
     }
 
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Transition<U> {
-        Transition {
-            outcome: f(self.outcome),
-            effects: self.effects,
-        }
+        Transition { outcome: f(self.outcome), effects: self.effects }
     }
 }
 
@@ -148,10 +142,7 @@ pub struct Authenticated {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Login {
     Local,
-    Oidc {
-        identity: OidcIdentity,
-        grant: TokenGrant,
-    },
+    Oidc { identity: OidcIdentity, grant: TokenGrant },
 }
 
 /// Everything needed to create a session. The caller draws `id` from the OS CSPRNG.
@@ -178,10 +169,9 @@ pub fn admit(request: &AuthRequest<'_>) -> Result<SessionId, Refusal> {
 pub fn create(new: &NewSession, now: Timestamp, policy: &Policy) -> Transition<Session> {
     let (provider, tokens) = match &new.login {
         Login::Local => (Provider::Local, None),
-        Login::Oidc { identity, grant } => (
-            Provider::Oidc(identity.clone()),
-            Some(tokens_from_grant(grant, None, now, policy)),
-        ),
+        Login::Oidc { identity, grant } => {
+            (Provider::Oidc(identity.clone()), Some(tokens_from_grant(grant, None, now, policy)))
+        }
     };
     let session = Session {
         key: new.id.key(),
@@ -199,10 +189,7 @@ pub fn create(new: &NewSession, now: Timestamp, policy: &Policy) -> Transition<S
     };
     let effects = vec![
         Effect::persist(session.key, 1, Durability::Durable),
-        Effect::SetCookies {
-            key: session.key,
-            max_age: session.cookie_max_age(now),
-        },
+        Effect::SetCookies { key: session.key, max_age: session.cookie_max_age(now) },
     ];
     Transition::new(session, effects)
 }
@@ -233,11 +220,7 @@ pub fn authenticate(
 
 /// Records a use of the session, at most once per touch interval. Slides the idle deadline only.
 /// `Ok(false)`: not due, nothing written.
-pub fn touch(
-    session: &mut Session,
-    now: Timestamp,
-    policy: &Policy,
-) -> Transition<Result<bool, Refusal>> {
+pub fn touch(session: &mut Session, now: Timestamp, policy: &Policy) -> Transition<Result<bool, Refusal>> {
     let mut effects = Vec::new();
     let outcome = ensure_live(session, now, policy, &mut effects).map(|()| {
         if !session.touch_due(now, policy) {
@@ -274,39 +257,24 @@ fn begin(
         Trigger::Request => policy.refresh_margin,
         Trigger::Background => policy.background_window,
     };
-    let from = s
-        .refresh_from(ahead, policy)
-        .ok_or(RefreshRefusal::NoRefreshToken)?;
+    let from = s.refresh_from(ahead, policy).ok_or(RefreshRefusal::NoRefreshToken)?;
     if now < from {
         return Err(RefreshRefusal::NotDue);
     }
     if let Some(lease) = s.refresh.live_lease(now) {
-        return Err(RefreshRefusal::InFlight {
-            until: lease.expires_at,
-        });
+        return Err(RefreshRefusal::InFlight { until: lease.expires_at });
     }
     if let Some(until) = s.refresh.retry_at.filter(|&until| now < until) {
         return Err(RefreshRefusal::BackingOff { until });
     }
-    let refresh_token = s
-        .tokens
-        .as_ref()
-        .and_then(|t| t.refresh_token.clone())
-        .ok_or(RefreshRefusal::NoRefreshToken)?;
+    let refresh_token =
+        s.tokens.as_ref().and_then(|t| t.refresh_token.clone()).ok_or(RefreshRefusal::NoRefreshToken)?;
     let generation = s.refresh.generation + 1;
     let expires_at = now.saturating_add(policy.refresh_lease);
     s.refresh.generation = generation;
-    s.refresh.lease = Some(Lease {
-        generation,
-        expires_at,
-    });
+    s.refresh.lease = Some(Lease { generation, expires_at });
     bump(s, Durability::Lazy, effects);
-    Ok(RefreshTicket {
-        key: s.key,
-        generation,
-        refresh_token,
-        lease_expires_at: expires_at,
-    })
+    Ok(RefreshTicket { key: s.key, generation, refresh_token, lease_expires_at: expires_at })
 }
 
 /// Hands back a ticket with the provider's answer. `session` is `None` when the record is gone.
@@ -332,11 +300,7 @@ fn complete(
 ) -> RefreshCompletion {
     // New tokens for a session that no longer exists must not outlive it at the provider.
     let discard = |result: RefreshResult, effects: &mut Vec<Effect>| {
-        if let RefreshResult::Success(TokenGrant {
-            refresh_token: Some(token),
-            ..
-        }) = result
-        {
+        if let RefreshResult::Success(TokenGrant { refresh_token: Some(token), .. }) = result {
             effects.push(Effect::RevokeAtProvider { token });
         }
         RefreshCompletion::Discarded
@@ -349,10 +313,7 @@ fn complete(
     }
     // Fencing: only the last ticket issued may complete, and only once. A superseded ticket's new tokens are
     // left alone rather than revoked: revoking one refresh token may end the whole grant at the provider.
-    if s.refresh
-        .lease
-        .is_none_or(|lease| lease.generation != ticket.generation)
-    {
+    if s.refresh.lease.is_none_or(|lease| lease.generation != ticket.generation) {
         return RefreshCompletion::Stale;
     }
     s.refresh.lease = None;
@@ -366,14 +327,7 @@ fn complete(
             RefreshCompletion::Refreshed { access_expires_at }
         }
         RefreshResult::InvalidGrant => {
-            end(
-                s,
-                State::Revoked {
-                    at: now,
-                    reason: RevocationReason::RefreshRejected,
-                },
-                effects,
-            );
+            end(s, State::Revoked { at: now, reason: RevocationReason::RefreshRejected }, effects);
             RefreshCompletion::Revoked
         }
         RefreshResult::Transient => {
@@ -400,11 +354,7 @@ pub fn revoke(
 }
 
 /// Expires the session if a deadline has passed. Used by the sweeper.
-pub fn expire_if_due(
-    session: &mut Session,
-    now: Timestamp,
-    policy: &Policy,
-) -> Transition<Option<ExpiryReason>> {
+pub fn expire_if_due(session: &mut Session, now: Timestamp, policy: &Policy) -> Transition<Option<ExpiryReason>> {
     let mut effects = Vec::new();
     let outcome = match ensure_live(session, now, policy, &mut effects) {
         Err(Refusal::Expired(reason)) if !effects.is_empty() => Some(reason),
@@ -415,12 +365,7 @@ pub fn expire_if_due(
 
 /// `Ok` when the session is active and within its deadlines; otherwise expires it if a deadline just passed
 /// and says why it is unusable.
-fn ensure_live(
-    s: &mut Session,
-    now: Timestamp,
-    policy: &Policy,
-    effects: &mut Vec<Effect>,
-) -> Result<(), Refusal> {
+fn ensure_live(s: &mut Session, now: Timestamp, policy: &Policy, effects: &mut Vec<Effect>) -> Result<(), Refusal> {
     match s.state {
         State::Expired { reason, .. } => Err(Refusal::Expired(reason)),
         State::Revoked { reason, .. } => Err(Refusal::Revoked(reason)),
@@ -446,10 +391,7 @@ fn end(s: &mut Session, state: State, effects: &mut Vec<Effect>) {
     s.refresh.retry_at = None;
     let tokens = s.tokens.take();
     bump(s, Durability::Durable, effects);
-    if let Some(token) = tokens
-        .and_then(|t| t.refresh_token)
-        .filter(|_| revoke_at_provider)
-    {
+    if let Some(token) = tokens.and_then(|t| t.refresh_token).filter(|_| revoke_at_provider) {
         effects.push(Effect::RevokeAtProvider { token });
     }
 }
@@ -459,12 +401,7 @@ fn bump(s: &mut Session, durability: Durability, effects: &mut Vec<Effect>) {
     effects.push(Effect::persist(s.key, s.version, durability));
 }
 
-fn tokens_from_grant(
-    grant: &TokenGrant,
-    previous: Option<Tokens>,
-    now: Timestamp,
-    policy: &Policy,
-) -> Tokens {
+fn tokens_from_grant(grant: &TokenGrant, previous: Option<Tokens>, now: Timestamp, policy: &Policy) -> Tokens {
     let lifetime = grant.expires_in.unwrap_or(policy.assumed_token_lifetime);
     let (previous_refresh, previous_refresh_expiry, previous_id) = match previous {
         Some(t) => (t.refresh_token, t.refresh_expires_at, t.id_token),
@@ -472,10 +409,7 @@ fn tokens_from_grant(
     };
     // A rotated refresh token brings its own lifetime; a kept one keeps its old one.
     let (refresh_token, refresh_expires_at) = match &grant.refresh_token {
-        Some(token) => (
-            Some(token.clone()),
-            grant.refresh_expires_in.map(|d| now.saturating_add(d)),
-        ),
+        Some(token) => (Some(token.clone()), grant.refresh_expires_in.map(|d| now.saturating_add(d))),
         None => (previous_refresh, previous_refresh_expiry),
     };
     Tokens {

@@ -52,10 +52,7 @@ pub enum PolicyError {
     /// A duration that must be positive is zero.
     Zero { field: &'static str },
     /// `smaller` must be strictly less than `larger`.
-    NotLess {
-        smaller: &'static str,
-        larger: &'static str,
-    },
+    NotLess { smaller: &'static str, larger: &'static str },
     /// The lifetime is beyond what a cookie can hold.
     LifetimeTooLong { max: Duration },
 }
@@ -68,11 +65,7 @@ impl fmt::Display for PolicyError {
                 write!(f, "{smaller} must be shorter than {larger}")
             }
             Self::LifetimeTooLong { max } => {
-                write!(
-                    f,
-                    "absolute_lifetime must be at most {} days",
-                    max.as_secs() / 86_400
-                )
+                write!(f, "absolute_lifetime must be at most {} days", max.as_secs() / 86_400)
             }
         }
     }
@@ -166,38 +159,20 @@ impl Policy {
             return Err(PolicyError::Zero { field });
         }
         if self.absolute_lifetime > MAX_COOKIE_AGE {
-            return Err(PolicyError::LifetimeTooLong {
-                max: MAX_COOKIE_AGE,
-            });
+            return Err(PolicyError::LifetimeTooLong { max: MAX_COOKIE_AGE });
         }
         let less = |smaller, a: Duration, larger, b: Duration| {
-            if a < b {
-                Ok(())
-            } else {
-                Err(PolicyError::NotLess { smaller, larger })
-            }
+            if a < b { Ok(()) } else { Err(PolicyError::NotLess { smaller, larger }) }
         };
-        less(
-            "touch_interval",
-            self.touch_interval,
-            "absolute_lifetime",
-            self.absolute_lifetime,
-        )?;
+        less("touch_interval", self.touch_interval, "absolute_lifetime", self.absolute_lifetime)?;
         if let Some(idle) = self.idle_timeout {
             if idle.is_zero() {
-                return Err(PolicyError::Zero {
-                    field: "idle_timeout",
-                });
+                return Err(PolicyError::Zero { field: "idle_timeout" });
             }
             // Last use is known only to within one touch interval, so the idle deadline is that coarse.
             less("touch_interval", self.touch_interval, "idle_timeout", idle)?;
         }
-        less(
-            "refresh_backoff_base",
-            self.refresh_backoff_base,
-            "refresh_backoff_max",
-            self.refresh_backoff_max,
-        )?;
+        less("refresh_backoff_base", self.refresh_backoff_base, "refresh_backoff_max", self.refresh_backoff_max)?;
         // A margin as long as the token's lifetime would refresh on every request.
         less(
             "refresh_margin",
@@ -217,9 +192,7 @@ impl Policy {
     /// The delay before the next attempt after `failures` consecutive transient failures (`failures >= 1`).
     pub fn backoff(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(32);
-        self.refresh_backoff_base
-            .saturating_mul(1u32 << doublings.min(31))
-            .min(self.refresh_backoff_max)
+        self.refresh_backoff_base.saturating_mul(1u32 << doublings.min(31)).min(self.refresh_backoff_max)
     }
 }
 
@@ -237,11 +210,7 @@ mod tests {
     fn every_preset_is_valid() {
         for name in Policy::PRESETS {
             let policy = Policy::preset(name);
-            assert_eq!(
-                policy.as_ref().map(Policy::validate),
-                Some(Ok(())),
-                "{name}"
-            );
+            assert_eq!(policy.as_ref().map(Policy::validate), Some(Ok(())), "{name}");
         }
         assert_eq!(Policy::preset("lenient"), None);
     }
@@ -249,10 +218,7 @@ mod tests {
     // One test per constant of the reference session manager.
     #[test]
     fn helix_sessions_last_thirty_days() {
-        assert_eq!(
-            Policy::helix().absolute_lifetime,
-            Duration::from_secs(30 * 24 * 3600)
-        );
+        assert_eq!(Policy::helix().absolute_lifetime, Duration::from_secs(30 * 24 * 3600));
     }
 
     #[test]
@@ -280,29 +246,20 @@ mod tests {
     // One test per deliberate difference between `default` and the reference.
     #[test]
     fn default_shortens_the_absolute_lifetime_to_seven_days() {
-        assert_eq!(
-            Policy::hardened().absolute_lifetime,
-            Duration::from_secs(7 * 24 * 3600)
-        );
+        assert_eq!(Policy::hardened().absolute_lifetime, Duration::from_secs(7 * 24 * 3600));
         assert!(Policy::hardened().absolute_lifetime < Policy::helix().absolute_lifetime);
     }
 
     #[test]
     fn default_adds_an_idle_timeout() {
-        assert_eq!(
-            Policy::hardened().idle_timeout,
-            Some(Duration::from_secs(12 * 3600))
-        );
+        assert_eq!(Policy::hardened().idle_timeout, Some(Duration::from_secs(12 * 3600)));
     }
 
     #[test]
     fn default_touches_often_enough_for_the_idle_deadline() {
         let p = Policy::hardened();
         assert_eq!(p.touch_interval, Duration::from_secs(300));
-        assert!(
-            p.idle_timeout
-                .is_some_and(|idle| p.touch_interval * 100 < idle)
-        );
+        assert!(p.idle_timeout.is_some_and(|idle| p.touch_interval * 100 < idle));
     }
 
     #[test]
@@ -330,49 +287,23 @@ mod tests {
     fn validation_names_the_setting_at_fault() {
         let mut p = Policy::hardened();
         p.touch_interval = Duration::from_secs(13 * 3600);
-        assert_eq!(
-            p.validate(),
-            Err(PolicyError::NotLess {
-                smaller: "touch_interval",
-                larger: "idle_timeout"
-            })
-        );
+        assert_eq!(p.validate(), Err(PolicyError::NotLess { smaller: "touch_interval", larger: "idle_timeout" }));
         p = Policy::hardened();
         p.refresh_lease = Duration::ZERO;
-        assert_eq!(
-            p.validate(),
-            Err(PolicyError::Zero {
-                field: "refresh_lease"
-            })
-        );
-        assert_eq!(
-            p.validate().map_err(|e| e.to_string()),
-            Err("refresh_lease must be greater than zero".into())
-        );
+        assert_eq!(p.validate(), Err(PolicyError::Zero { field: "refresh_lease" }));
+        assert_eq!(p.validate().map_err(|e| e.to_string()), Err("refresh_lease must be greater than zero".into()));
         p = Policy::hardened();
         p.absolute_lifetime = MAX_COOKIE_AGE + Duration::from_secs(1);
-        assert!(matches!(
-            p.validate(),
-            Err(PolicyError::LifetimeTooLong { .. })
-        ));
+        assert!(matches!(p.validate(), Err(PolicyError::LifetimeTooLong { .. })));
         p = Policy::hardened();
         p.refresh_margin = p.assumed_token_lifetime;
-        assert!(matches!(
-            p.validate(),
-            Err(PolicyError::NotLess {
-                smaller: "refresh_margin",
-                ..
-            })
-        ));
+        assert!(matches!(p.validate(), Err(PolicyError::NotLess { smaller: "refresh_margin", .. })));
     }
 
     #[test]
     fn backoff_doubles_up_to_its_bound() {
         let p = Policy::hardened();
-        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 1000, u32::MAX]
-            .iter()
-            .map(|&f| p.backoff(f).as_secs())
-            .collect();
+        let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 1000, u32::MAX].iter().map(|&f| p.backoff(f).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300, 300]);
     }
 }

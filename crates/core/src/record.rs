@@ -45,10 +45,7 @@ impl Sealer for Unsealed {
     }
 
     fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
-        sealed
-            .strip_prefix(context)
-            .map(<[u8]>::to_vec)
-            .ok_or(SealError)
+        sealed.strip_prefix(context).map(<[u8]>::to_vec).ok_or(SealError)
     }
 }
 
@@ -72,10 +69,7 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotARecord => f.write_str("not a session record (bad tag)"),
-            Self::UnknownFormat { found } => write!(
-                f,
-                "unknown record format {found} (this build reads {FORMAT})"
-            ),
+            Self::UnknownFormat { found } => write!(f, "unknown record format {found} (this build reads {FORMAT})"),
             Self::Malformed { detail } => write!(f, "malformed record: {detail}"),
             Self::Seal(e) => write!(f, "record tokens: {e}"),
             Self::Inconsistent { what } => write!(f, "inconsistent record: {what}"),
@@ -100,10 +94,7 @@ struct Wire {
 /// The stored bytes of a record.
 pub fn encode(session: &Session, sealer: &dyn Sealer) -> Vec<u8> {
     let context = session.key.as_bytes();
-    let tokens = session
-        .tokens
-        .as_ref()
-        .map(|t| sealer.seal(&to_bytes(t), context));
+    let tokens = session.tokens.as_ref().map(|t| sealer.seal(&to_bytes(t), context));
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(MAGIC);
     out.push(FORMAT);
@@ -118,32 +109,21 @@ fn to_bytes<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// A record from stored bytes, checked.
 pub fn decode(bytes: &[u8], sealer: &dyn Sealer) -> Result<Session, DecodeError> {
-    let rest = bytes
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or(DecodeError::NotARecord)?;
-    let (&format, body) = rest.split_first().ok_or(DecodeError::Malformed {
-        detail: "no format byte".into(),
-    })?;
+    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(DecodeError::NotARecord)?;
+    let (&format, body) = rest.split_first().ok_or(DecodeError::Malformed { detail: "no format byte".into() })?;
     if format != FORMAT {
         return Err(DecodeError::UnknownFormat { found: format });
     }
     let (wire, trailing): (Wire, &[u8]) =
-        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed {
-            detail: e.to_string(),
-        })?;
+        postcard::take_from_bytes(body).map_err(|e| DecodeError::Malformed { detail: e.to_string() })?;
     if !trailing.is_empty() {
-        return Err(DecodeError::Malformed {
-            detail: format!("{} trailing bytes", trailing.len()),
-        });
+        return Err(DecodeError::Malformed { detail: format!("{} trailing bytes", trailing.len()) });
     }
     let mut session = wire.session;
     if let Some(sealed) = wire.tokens {
-        let plain = sealer
-            .open(&sealed, session.key.as_bytes())
-            .map_err(DecodeError::Seal)?;
-        let tokens: Tokens = postcard::from_bytes(&plain).map_err(|e| DecodeError::Malformed {
-            detail: format!("tokens: {e}"),
-        })?;
+        let plain = sealer.open(&sealed, session.key.as_bytes()).map_err(DecodeError::Seal)?;
+        let tokens: Tokens =
+            postcard::from_bytes(&plain).map_err(|e| DecodeError::Malformed { detail: format!("tokens: {e}") })?;
         session.tokens = Some(tokens);
     }
     check(&session)?;
@@ -167,10 +147,7 @@ fn check(s: &Session) -> Result<(), DecodeError> {
     if s.state != State::Active && s.refresh.lease.is_some() {
         return inconsistent("refresh lease on a tombstone");
     }
-    if s.refresh
-        .lease
-        .is_some_and(|l| l.generation != s.refresh.generation)
-    {
+    if s.refresh.lease.is_some_and(|l| l.generation != s.refresh.generation) {
         return inconsistent("lease generation is not the last issued");
     }
     Ok(())

@@ -108,10 +108,7 @@ impl Registry {
 
     /// A user's active sessions, in key order.
     pub fn sessions_of(&self, user: &UserId) -> Vec<&Session> {
-        self.keys_of(&self.by_user, user)
-            .iter()
-            .filter_map(|k| self.get(k))
-            .collect()
+        self.keys_of(&self.by_user, user).iter().filter_map(|k| self.get(k)).collect()
     }
 
     /// When the next call to [`Registry::tick`] has something to do. Calling earlier is a harmless no-op.
@@ -132,21 +129,20 @@ impl Registry {
         }
         let mut effects = Vec::new();
         if let Some(old) = supersedes {
-            let t = self.update(old, now, |s, policy| {
-                s.map(|s| lifecycle::revoke(s, RevocationReason::Superseded, now, policy))
-            });
+            let t = self
+                .update(old, |s, policy| s.map(|s| lifecycle::revoke(s, RevocationReason::Superseded, now, policy)));
             effects.extend(t.into_iter().flat_map(|t| t.effects));
         }
         let created = lifecycle::create(new, now, &self.policy);
         effects.extend(created.effects);
-        self.insert(created.outcome, now);
+        self.insert(created.outcome);
         Transition::new(Ok(key), effects)
     }
 
     /// Puts a record loaded from a store into the registry, replacing any with the same key.
-    pub fn restore(&mut self, session: Session, now: Timestamp) {
+    pub fn restore(&mut self, session: Session) {
         self.remove(&session.key());
-        self.insert(session, now);
+        self.insert(session);
     }
 
     /// Checks a request: the cookie, the CSRF proof on unsafe methods, and the session's state and deadlines.
@@ -166,18 +162,12 @@ impl Registry {
     }
 
     /// [`Registry::authenticate`] for a caller that has already admitted the request.
-    pub fn authenticate_id(
-        &mut self,
-        id: &SessionId,
-        now: Timestamp,
-    ) -> Transition<Result<Authenticated, Refusal>> {
-        self.update(id.key(), now, |s, policy| {
-            lifecycle::authenticate(s, now, policy)
-        })
+    pub fn authenticate_id(&mut self, id: &SessionId, now: Timestamp) -> Transition<Result<Authenticated, Refusal>> {
+        self.update(id.key(), |s, policy| lifecycle::authenticate(s, now, policy))
     }
 
     pub fn touch(&mut self, key: SessionKey, now: Timestamp) -> Transition<Result<bool, Refusal>> {
-        self.update(key, now, |s, policy| match s {
+        self.update(key, |s, policy| match s {
             Some(s) => lifecycle::touch(s, now, policy),
             None => Transition::new(Err(Refusal::Unknown), Vec::new()),
         })
@@ -189,7 +179,7 @@ impl Registry {
         trigger: Trigger,
         now: Timestamp,
     ) -> Transition<Result<RefreshTicket, RefreshRefusal>> {
-        self.update(key, now, |s, policy| match s {
+        self.update(key, |s, policy| match s {
             Some(s) => lifecycle::begin_refresh(s, trigger, now, policy),
             None => Transition::new(Err(RefreshRefusal::Ended(Refusal::Unknown)), Vec::new()),
         })
@@ -201,9 +191,7 @@ impl Registry {
         result: RefreshResult,
         now: Timestamp,
     ) -> Transition<RefreshCompletion> {
-        self.update(ticket.key, now, |s, policy| {
-            lifecycle::complete_refresh(s, ticket, result, now, policy)
-        })
+        self.update(ticket.key, |s, policy| lifecycle::complete_refresh(s, ticket, result, now, policy))
     }
 
     /// Ends one session.
@@ -213,7 +201,7 @@ impl Registry {
         reason: RevocationReason,
         now: Timestamp,
     ) -> Transition<Result<(), Refusal>> {
-        let mut t = self.update(key, now, |s, policy| match s {
+        let mut t = self.update(key, |s, policy| match s {
             Some(s) => lifecycle::revoke(s, reason, now, policy),
             None => Transition::new(Err(Refusal::Unknown), Vec::new()),
         });
@@ -239,16 +227,9 @@ impl Registry {
     }
 
     /// Ends the user's session named by `handle`, from another device. Another user's handle is unknown.
-    pub fn revoke_handle(
-        &mut self,
-        user: &UserId,
-        handle: Handle,
-        now: Timestamp,
-    ) -> Transition<Result<(), Refusal>> {
-        let key = self
-            .keys_of(&self.by_user, user)
-            .into_iter()
-            .find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
+    pub fn revoke_handle(&mut self, user: &UserId, handle: Handle, now: Timestamp) -> Transition<Result<(), Refusal>> {
+        let key =
+            self.keys_of(&self.by_user, user).into_iter().find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
         match key {
             Some(key) => self.revoke(key, RevocationReason::RevokedFromDevice, now),
             None => Transition::new(Err(Refusal::Unknown), Vec::new()),
@@ -256,23 +237,13 @@ impl Registry {
     }
 
     /// Back-channel logout naming the provider's session.
-    pub fn revoke_by_sid(
-        &mut self,
-        iss: &str,
-        sid: &str,
-        now: Timestamp,
-    ) -> Transition<Vec<SessionKey>> {
+    pub fn revoke_by_sid(&mut self, iss: &str, sid: &str, now: Timestamp) -> Transition<Vec<SessionKey>> {
         let keys = self.keys_of(&self.by_sid, &(iss.to_owned(), sid.to_owned()));
         self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
     }
 
     /// Back-channel logout naming the user at the provider.
-    pub fn revoke_by_sub(
-        &mut self,
-        iss: &str,
-        sub: &str,
-        now: Timestamp,
-    ) -> Transition<Vec<SessionKey>> {
+    pub fn revoke_by_sub(&mut self, iss: &str, sub: &str, now: Timestamp) -> Transition<Vec<SessionKey>> {
         let keys = self.keys_of(&self.by_sub, &(iss.to_owned(), sub.to_owned()));
         self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
     }
@@ -280,11 +251,7 @@ impl Registry {
     /// Expires sessions past a deadline, deletes tombstones past retention and lists the sessions due for a
     /// background refresh. Looks only at sessions whose scheduled instant has come.
     pub fn tick(&mut self, now: Timestamp) -> Transition<TickReport> {
-        let due: Vec<SessionKey> = self
-            .schedule
-            .range(..=(now, LAST_KEY))
-            .map(|&(_, key)| key)
-            .collect();
+        let due: Vec<SessionKey> = self.schedule.range(..=(now, LAST_KEY)).map(|&(_, key)| key).collect();
         let mut report = TickReport::default();
         let mut effects = Vec::new();
         for key in due {
@@ -297,24 +264,16 @@ impl Registry {
                 effects.push(Effect::Delete { key });
                 continue;
             }
-            let t = self.update(key, now, |s, policy| {
-                s.map(|s| lifecycle::expire_if_due(s, now, policy))
-            });
+            let t = self.update(key, |s, policy| s.map(|s| lifecycle::expire_if_due(s, now, policy)));
             if let Some(t) = t {
                 effects.extend(t.effects);
                 if let Some(reason) = t.outcome {
                     report.expired.push((key, reason));
                 }
             }
-            if self
-                .get(&key)
-                .is_some_and(|s| background_due(s, now, &self.policy))
-            {
+            if self.get(&key).is_some_and(|s| background_due(s, now, &self.policy)) {
                 report.refresh_due.push(key);
             }
-            // Whether or not anything changed, the next event is now computed from `now`: a session that
-            // has fallen out of the recent-use window drops its refresh event here.
-            self.reschedule(key, now);
         }
         Transition::new(report, effects)
     }
@@ -328,9 +287,7 @@ impl Registry {
         let mut ended = Vec::new();
         let mut effects = Vec::new();
         for key in keys {
-            let t = self.update(key, now, |s, policy| {
-                s.map(|s| lifecycle::revoke(s, reason, now, policy))
-            });
+            let t = self.update(key, |s, policy| s.map(|s| lifecycle::revoke(s, reason, now, policy)));
             if let Some(t) = t {
                 if t.outcome.is_ok() {
                     ended.push(key);
@@ -342,19 +299,11 @@ impl Registry {
     }
 
     fn keys_of<K: Ord>(&self, index: &BTreeMap<K, BTreeSet<SessionKey>>, k: &K) -> Vec<SessionKey> {
-        index
-            .get(k)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default()
+        index.get(k).map(|set| set.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Runs a lifecycle transition on one record and brings the indexes up to date with its result.
-    fn update<T>(
-        &mut self,
-        key: SessionKey,
-        now: Timestamp,
-        f: impl FnOnce(Option<&mut Session>, &Policy) -> T,
-    ) -> T {
+    fn update<T>(&mut self, key: SessionKey, f: impl FnOnce(Option<&mut Session>, &Policy) -> T) -> T {
         let Some(entry) = self.entries.get_mut(&key) else {
             return f(None, &self.policy);
         };
@@ -366,39 +315,24 @@ impl Registry {
                 let session = entry.session.clone();
                 self.unindex(&session);
             }
-            self.reschedule(key, now);
+            self.reschedule(key);
         }
         out
     }
 
-    fn insert(&mut self, session: Session, now: Timestamp) {
+    fn insert(&mut self, session: Session) {
         let key = session.key();
         if session.is_active() {
-            self.by_user
-                .entry(session.user().clone())
-                .or_default()
-                .insert(key);
+            self.by_user.entry(session.user().clone()).or_default().insert(key);
             if let Some(oidc) = session.oidc() {
-                self.by_sub
-                    .entry((oidc.iss.clone(), oidc.sub.clone()))
-                    .or_default()
-                    .insert(key);
+                self.by_sub.entry((oidc.iss.clone(), oidc.sub.clone())).or_default().insert(key);
                 if let Some(sid) = &oidc.sid {
-                    self.by_sid
-                        .entry((oidc.iss.clone(), sid.clone()))
-                        .or_default()
-                        .insert(key);
+                    self.by_sid.entry((oidc.iss.clone(), sid.clone())).or_default().insert(key);
                 }
             }
         }
-        self.entries.insert(
-            key,
-            Entry {
-                session,
-                scheduled: None,
-            },
-        );
-        self.reschedule(key, now);
+        self.entries.insert(key, Entry { session, scheduled: None });
+        self.reschedule(key);
     }
 
     fn remove(&mut self, key: &SessionKey) {
@@ -414,22 +348,18 @@ impl Registry {
         let key = session.key();
         remove_from(&mut self.by_user, session.user(), &key);
         if let Some(oidc) = session.oidc() {
-            remove_from(
-                &mut self.by_sub,
-                &(oidc.iss.clone(), oidc.sub.clone()),
-                &key,
-            );
+            remove_from(&mut self.by_sub, &(oidc.iss.clone(), oidc.sub.clone()), &key);
             if let Some(sid) = &oidc.sid {
                 remove_from(&mut self.by_sid, &(oidc.iss.clone(), sid.clone()), &key);
             }
         }
     }
 
-    fn reschedule(&mut self, key: SessionKey, now: Timestamp) {
+    fn reschedule(&mut self, key: SessionKey) {
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
         };
-        let next = next_event(&entry.session, now, &self.policy);
+        let next = next_event(&entry.session, &self.policy);
         if entry.scheduled == next {
             return;
         }
@@ -443,11 +373,7 @@ impl Registry {
     }
 }
 
-fn remove_from<K: Ord + Clone>(
-    index: &mut BTreeMap<K, BTreeSet<SessionKey>>,
-    k: &K,
-    key: &SessionKey,
-) {
+fn remove_from<K: Ord + Clone>(index: &mut BTreeMap<K, BTreeSet<SessionKey>>, k: &K, key: &SessionKey) {
     if let Some(set) = index.get_mut(k) {
         set.remove(key);
         if set.is_empty() {
@@ -457,16 +383,16 @@ fn remove_from<K: Ord + Clone>(
 }
 
 /// The next instant at which `tick` has something to decide about this session.
-fn next_event(s: &Session, now: Timestamp, policy: &Policy) -> Option<Timestamp> {
+fn next_event(s: &Session, policy: &Policy) -> Option<Timestamp> {
     if let Some(at) = s.delete_at(policy) {
         return Some(at);
     }
     let (expiry, _) = s.expiry(policy);
-    Some(background_refresh_at(s, now, policy).map_or(expiry, |at| at.min(expiry)))
+    Some(background_refresh_at(s, policy).map_or(expiry, |at| at.min(expiry)))
 }
 
 /// When the background refresher should pick this session up, if it will still count as recently used then.
-fn background_refresh_at(s: &Session, now: Timestamp, policy: &Policy) -> Option<Timestamp> {
+fn background_refresh_at(s: &Session, policy: &Policy) -> Option<Timestamp> {
     let mut at = s.refresh_from(policy.background_window, policy)?;
     let refresh = s.refresh_state();
     if let Some(lease) = refresh.lease() {
@@ -475,12 +401,9 @@ fn background_refresh_at(s: &Session, now: Timestamp, policy: &Policy) -> Option
     if let Some(retry_at) = refresh.retry_at() {
         at = at.max(retry_at);
     }
-    (at.max(now)
-        <= s.last_used_at()
-            .saturating_add(policy.background_recent_use))
-    .then_some(at)
+    (at <= s.last_used_at().saturating_add(policy.background_recent_use)).then_some(at)
 }
 
 fn background_due(s: &Session, now: Timestamp, policy: &Policy) -> bool {
-    s.is_active() && background_refresh_at(s, now, policy).is_some_and(|at| now >= at)
+    s.is_active() && background_refresh_at(s, policy).is_some_and(|at| now >= at)
 }

@@ -61,9 +61,7 @@ impl fmt::Display for ReturnPathError {
                 write!(f, "return path contains forbidden byte 0x{byte:02x}")
             }
             Self::AmbiguousSegment => f.write_str("return path contains an empty, . or .. segment"),
-            Self::EncodedTrick => {
-                f.write_str("return path hides a forbidden form behind percent-encoding")
-            }
+            Self::EncodedTrick => f.write_str("return path hides a forbidden form behind percent-encoding"),
         }
     }
 }
@@ -96,14 +94,8 @@ pub fn validate(s: &str) -> Result<ReturnPath, ReturnPathError> {
 /// hold other bytes (UTF-8 in a path is fine) but no control character, whitespace or backslash.
 fn check(bytes: &[u8], raw: bool) -> Result<(), ReturnPathError> {
     // Once decoded, the query and fragment cannot change the origin; only the path can.
-    let bytes = if raw {
-        bytes
-    } else {
-        &bytes[..bytes
-            .iter()
-            .position(|&b| b == b'?' || b == b'#')
-            .unwrap_or(bytes.len())]
-    };
+    let bytes =
+        if raw { bytes } else { &bytes[..bytes.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(bytes.len())] };
     let forbidden = |b: u8| b <= 0x20 || b == 0x7f || b == b'\\' || (raw && b > 0x7e);
     if let Some(&byte) = bytes.iter().find(|&&b| forbidden(b)) {
         return Err(ReturnPathError::ForbiddenCharacter { byte });
@@ -114,18 +106,11 @@ fn check(bytes: &[u8], raw: bool) -> Result<(), ReturnPathError> {
     if bytes.get(1) == Some(&b'/') {
         return Err(ReturnPathError::OtherOrigin);
     }
-    let path_end = bytes
-        .iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .unwrap_or(bytes.len());
+    let path_end = bytes.iter().position(|&b| b == b'?' || b == b'#').unwrap_or(bytes.len());
     // A single trailing slash leaves an empty final segment, which is harmless.
     let path = &bytes[1..path_end];
     let path = path.strip_suffix(b"/").unwrap_or(path);
-    if !path.is_empty()
-        && path
-            .split(|&b| b == b'/')
-            .any(|seg| seg.is_empty() || seg == b"." || seg == b"..")
-    {
+    if !path.is_empty() && path.split(|&b| b == b'/').any(|seg| seg.is_empty() || seg == b"." || seg == b"..") {
         return Err(ReturnPathError::AmbiguousSegment);
     }
     Ok(())
@@ -138,29 +123,15 @@ mod tests {
 
     #[test]
     fn ordinary_paths_are_accepted() {
-        for ok in [
-            "/",
-            "/app",
-            "/app/",
-            "/app/x?y=1&z=%20#frag",
-            "/a-b_c~d/e.html",
-            "/%E2%9C%93",
-        ] {
-            assert_eq!(
-                validate(ok).map(|p| p.as_str().to_owned()),
-                Ok(ok.to_owned()),
-                "{ok}"
-            );
+        for ok in ["/", "/app", "/app/", "/app/x?y=1&z=%20#frag", "/a-b_c~d/e.html", "/%E2%9C%93"] {
+            assert_eq!(validate(ok).map(|p| p.as_str().to_owned()), Ok(ok.to_owned()), "{ok}");
         }
     }
 
     #[test]
     fn other_origins_and_schemes_are_refused() {
         assert_eq!(validate("//evil.com"), Err(OtherOrigin));
-        assert_eq!(
-            validate("/\\evil.com"),
-            Err(ForbiddenCharacter { byte: b'\\' })
-        );
+        assert_eq!(validate("/\\evil.com"), Err(ForbiddenCharacter { byte: b'\\' }));
         assert_eq!(validate("https://evil.com"), Err(NotAbsolutePath));
         assert_eq!(validate("javascript:alert(1)"), Err(NotAbsolutePath));
         assert_eq!(validate("app"), Err(NotAbsolutePath));
@@ -169,19 +140,10 @@ mod tests {
 
     #[test]
     fn whitespace_and_control_tricks_are_refused() {
-        assert_eq!(
-            validate("/\t/evil.com"),
-            Err(ForbiddenCharacter { byte: b'\t' })
-        );
-        assert_eq!(
-            validate("/\n/evil.com"),
-            Err(ForbiddenCharacter { byte: b'\n' })
-        );
+        assert_eq!(validate("/\t/evil.com"), Err(ForbiddenCharacter { byte: b'\t' }));
+        assert_eq!(validate("/\n/evil.com"), Err(ForbiddenCharacter { byte: b'\n' }));
         assert_eq!(validate(" /app"), Err(ForbiddenCharacter { byte: b' ' }));
-        assert_eq!(
-            validate("/app\u{e9}"),
-            Err(ForbiddenCharacter { byte: 0xc3 })
-        );
+        assert_eq!(validate("/app\u{e9}"), Err(ForbiddenCharacter { byte: 0xc3 }));
     }
 
     #[test]

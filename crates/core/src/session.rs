@@ -78,14 +78,8 @@ pub struct Tokens {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Active,
-    Expired {
-        at: Timestamp,
-        reason: ExpiryReason,
-    },
-    Revoked {
-        at: Timestamp,
-        reason: RevocationReason,
-    },
+    Expired { at: Timestamp, reason: ExpiryReason },
+    Revoked { at: Timestamp, reason: RevocationReason },
 }
 
 /// Which deadline ended a session.
@@ -238,9 +232,7 @@ impl Session {
 
     /// When the idle timeout ends the session, if the policy has one.
     pub fn idle_deadline(&self, policy: &Policy) -> Option<Timestamp> {
-        policy
-            .idle_timeout
-            .map(|idle| self.last_used_at.saturating_add(idle))
+        policy.idle_timeout.map(|idle| self.last_used_at.saturating_add(idle))
     }
 
     /// The earliest deadline and the reason it would give. Ties go to the reason listed first in
@@ -249,10 +241,7 @@ impl Session {
         let mut earliest = (self.absolute_deadline, ExpiryReason::Absolute);
         let others = [
             self.idle_deadline(policy).map(|t| (t, ExpiryReason::Idle)),
-            self.tokens
-                .as_ref()
-                .and_then(|t| t.refresh_expires_at)
-                .map(|t| (t, ExpiryReason::RefreshToken)),
+            self.tokens.as_ref().and_then(|t| t.refresh_expires_at).map(|t| (t, ExpiryReason::RefreshToken)),
         ];
         for candidate in others.into_iter().flatten() {
             if candidate.0 < earliest.0 {
@@ -274,19 +263,15 @@ impl Session {
     pub fn refresh_from(&self, ahead: Duration, policy: &Policy) -> Option<Timestamp> {
         let tokens = self.tokens.as_ref()?;
         tokens.refresh_token.as_ref()?;
-        let by_margin = tokens
-            .access_expires_at
-            .saturating_sub(ahead.saturating_add(policy.clock_skew));
-        let half_life = tokens
-            .access_issued_at
-            .saturating_add(tokens.access_issued_at.until(tokens.access_expires_at) / 2);
+        let by_margin = tokens.access_expires_at.saturating_sub(ahead.saturating_add(policy.clock_skew));
+        let half_life =
+            tokens.access_issued_at.saturating_add(tokens.access_issued_at.until(tokens.access_expires_at) / 2);
         Some(by_margin.max(half_life))
     }
 
     /// Whether a request at `now` should refresh the access token first.
     pub fn refresh_due(&self, now: Timestamp, policy: &Policy) -> bool {
-        self.refresh_from(policy.refresh_margin, policy)
-            .is_some_and(|from| now >= from)
+        self.refresh_from(policy.refresh_margin, policy).is_some_and(|from| now >= from)
     }
 
     /// Whether a request at `now` should record its use.
@@ -297,8 +282,7 @@ impl Session {
     /// Seconds a cookie for this session may live from `now`: never past the absolute deadline, never beyond
     /// what browsers accept.
     pub fn cookie_max_age(&self, now: Timestamp) -> Duration {
-        now.until(self.absolute_deadline)
-            .min(crate::policy::MAX_COOKIE_AGE)
+        now.until(self.absolute_deadline).min(crate::policy::MAX_COOKIE_AGE)
     }
 
     /// When a tombstone may be deleted; `None` for an active session.

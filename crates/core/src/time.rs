@@ -10,9 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds since the Unix epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Timestamp(u64);
 
@@ -72,22 +70,10 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates_instead_of_overflowing() {
-        assert_eq!(
-            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
-            Timestamp::MAX
-        );
-        assert_eq!(
-            Timestamp::EPOCH.saturating_sub(Duration::from_secs(1)),
-            Timestamp::EPOCH
-        );
-        assert_eq!(
-            Timestamp::from_secs(5).until(Timestamp::from_secs(2)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            Timestamp::from_secs(2).until(Timestamp::from_secs(5)),
-            Duration::from_secs(3)
-        );
+        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
+        assert_eq!(Timestamp::EPOCH.saturating_sub(Duration::from_secs(1)), Timestamp::EPOCH);
+        assert_eq!(Timestamp::from_secs(5).until(Timestamp::from_secs(2)), Duration::ZERO);
+        assert_eq!(Timestamp::from_secs(2).until(Timestamp::from_secs(5)), Duration::from_secs(3));
         assert_eq!(Timestamp::from_millis(1_234).to_string(), "1.234");
     }
 }

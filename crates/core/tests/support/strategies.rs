@@ -1,0 +1,155 @@
+//! Generators of op sequences, scaled to the policy so that generated sequences cross every deadline.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use bff_session_core::{Policy, RevocationReason, Trigger};
+use proptest::prelude::*;
+use proptest_state_machine::ReferenceStateMachine;
+
+use super::model::{Model, OidcOp, Op, Proof, ResultOp, Target, USERS};
+
+/// Which policy a generated sequence runs under.
+pub trait PolicyChoice: 'static {
+    fn policy() -> Policy;
+}
+
+/// Small numbers everywhere, so that short sequences reach every deadline and back-off.
+pub struct Tiny;
+pub struct Helix;
+pub struct Hardened;
+pub struct AsvsL2;
+
+impl PolicyChoice for Tiny {
+    fn policy() -> Policy {
+        let s = Duration::from_secs;
+        Policy {
+            absolute_lifetime: s(3600),
+            idle_timeout: Some(s(600)),
+            touch_interval: s(60),
+            refresh_margin: s(30),
+            background_interval: s(10),
+            background_window: s(60),
+            background_recent_use: s(300),
+            assumed_token_lifetime: s(300),
+            refresh_lease: s(10),
+            refresh_backoff_base: s(1),
+            refresh_backoff_max: s(16),
+            tombstone_retention: s(300),
+            clock_skew: s(5),
+        }
+    }
+}
+impl PolicyChoice for Helix {
+    fn policy() -> Policy {
+        Policy::helix()
+    }
+}
+impl PolicyChoice for Hardened {
+    fn policy() -> Policy {
+        Policy::hardened()
+    }
+}
+impl PolicyChoice for AsvsL2 {
+    fn policy() -> Policy {
+        Policy::asvs_l2()
+    }
+}
+
+/// The reference state machine over policy `P`.
+pub struct Reference<P>(PhantomData<P>);
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn reason() -> impl Strategy<Value = RevocationReason> {
+    prop_oneof![
+        Just(RevocationReason::Logout),
+        Just(RevocationReason::LogoutEverywhere),
+        Just(RevocationReason::RevokedFromDevice),
+        Just(RevocationReason::Superseded),
+        Just(RevocationReason::Admin),
+        Just(RevocationReason::BackchannelLogout),
+        Just(RevocationReason::RefreshRejected),
+    ]
+}
+
+fn token_lifetime(p: &Policy) -> impl Strategy<Value = Option<u64>> + use<> {
+    prop::option::weighted(0.8, 0..=2 * ms(p.assumed_token_lifetime))
+}
+
+fn refresh_lifetime(p: &Policy) -> impl Strategy<Value = Option<u64>> + use<> {
+    prop::option::weighted(0.2, 0..=ms(p.absolute_lifetime))
+}
+
+/// Clock moves: mostly small steps around the touch interval and token lifetimes, sometimes across the
+/// idle or absolute deadline or the tombstone retention, and sometimes backwards.
+fn clock(p: &Policy) -> impl Strategy<Value = Op> + use<> {
+    let small = (2 * ms(p.touch_interval)).min(ms(p.assumed_token_lifetime) / 2);
+    let medium = ms(p.idle_timeout.unwrap_or(p.absolute_lifetime / 4));
+    let large = ms(p.absolute_lifetime + p.tombstone_retention);
+    prop_oneof![
+        6 => (0..=small).prop_map(Op::Advance),
+        2 => (0..=ms(p.refresh_lease) * 2).prop_map(Op::Advance),
+        2 => (0..=medium * 11 / 10).prop_map(Op::Advance),
+        1 => (0..=large).prop_map(Op::Advance),
+        1 => (0..=small).prop_map(Op::Rewind),
+    ]
+}
+
+pub fn op(p: &Policy) -> impl Strategy<Value = Op> + use<> {
+    let idx = || 0..4usize;
+    let user = || 0..USERS;
+    let oidc = (prop::option::of(0..3u8), token_lifetime(p), prop::bool::weighted(0.85), refresh_lifetime(p)).prop_map(
+        |(sid, expires_in, refresh_token, refresh_expires_in)| OidcOp {
+            sid,
+            expires_in,
+            refresh_token,
+            refresh_expires_in,
+        },
+    );
+    let target =
+        prop_oneof![8 => idx().prop_map(Target::Session), 1 => Just(Target::Garbage), 1 => Just(Target::NoCookie)];
+    let proof = prop_oneof![6 => Just(Proof::Own), 1 => Just(Proof::Missing), 1 => idx().prop_map(Proof::Foreign)];
+    let result = prop_oneof![
+        6 => (token_lifetime(p), any::<bool>(), refresh_lifetime(p))
+            .prop_map(|(expires_in, rotate, refresh_expires_in)| ResultOp::Success { expires_in, rotate, refresh_expires_in }),
+        1 => Just(ResultOp::InvalidGrant),
+        2 => Just(ResultOp::Transient),
+    ];
+    let trigger = prop_oneof![Just(Trigger::Request), Just(Trigger::Background)];
+    prop_oneof![
+        4 => (user(), prop::option::weighted(0.8, oidc), prop::option::weighted(0.2, idx()))
+            .prop_map(|(user, oidc, supersede)| Op::Create { user, oidc, supersede }),
+        8 => (target, any::<bool>(), proof).prop_map(|(target, unsafe_method, proof)| Op::Authenticate { target, unsafe_method, proof }),
+        3 => idx().prop_map(Op::Touch),
+        6 => (idx(), trigger).prop_map(|(i, t)| Op::BeginRefresh(i, t)),
+        6 => (idx(), result).prop_map(|(i, r)| Op::CompleteRefresh(i, r)),
+        1 => (idx(), reason()).prop_map(|(i, r)| Op::Revoke(i, r)),
+        1 => (user(), reason()).prop_map(|(u, r)| Op::RevokeUser(u, r)),
+        1 => (user(), idx()).prop_map(|(u, i)| Op::RevokeHandle(u, i)),
+        1 => (0..3u8).prop_map(Op::RevokeBySid),
+        1 => user().prop_map(Op::RevokeBySub),
+        3 => Just(Op::Tick),
+        10 => clock(p),
+    ]
+}
+
+impl<P: PolicyChoice> ReferenceStateMachine for Reference<P> {
+    type State = Model;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        Just(Model::new(P::policy())).boxed()
+    }
+
+    fn transitions(_state: &Model) -> BoxedStrategy<Op> {
+        op(&P::policy()).boxed()
+    }
+
+    fn apply(mut state: Model, op: &Op) -> Model {
+        state.step(op);
+        state
+    }
+}
