@@ -3,6 +3,8 @@
 //! Each step's outcome, tokens revoked at the provider and cookie effect must equal the model's, and every
 //! named invariant in `support/assertions.rs` must hold after it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use bff_session_core::Registry;

@@ -95,10 +95,10 @@ pub fn rotated_tokens_stay_retired(h: &mut History, step: &Step, after: &Registr
     for s in step.before.iter() {
         let old = s.tokens().and_then(|t| t.refresh_token.as_ref());
         let new = after.get(&s.key()).and_then(|s| s.tokens()).and_then(|t| t.refresh_token.as_ref());
-        if let (Some(old), Some(new)) = (old, new) {
-            if old != new {
-                h.rotated_out.insert(old.expose().to_owned());
-            }
+        if let (Some(old), Some(new)) = (old, new)
+            && old != new
+        {
+            h.rotated_out.insert(old.expose().to_owned());
         }
     }
 }
@@ -116,10 +116,10 @@ pub fn no_refresh_for_ended_sessions(step: &Step) {
 pub fn touches_are_bounded(step: &Step, after: &Registry) {
     let interval = step.before.policy().touch_interval;
     for s in step.before.iter() {
-        if let Some(a) = after.get(&s.key()) {
-            if a.last_used_at() != s.last_used_at() {
-                assert!(a.last_used_at() >= s.last_used_at().saturating_add(interval), "touch within the interval");
-            }
+        if let Some(a) = after.get(&s.key())
+            && a.last_used_at() != s.last_used_at()
+        {
+            assert!(a.last_used_at() >= s.last_used_at().saturating_add(interval), "touch within the interval");
         }
     }
 }

@@ -204,10 +204,10 @@ impl Model {
         s.end = Some((now, end));
         s.lease = None;
         s.retry_at = None;
-        if let Some(rt) = s.tokens.take().and_then(|t| t.refresh_token) {
-            if at_provider {
-                revoked.push(rt);
-            }
+        if let Some(rt) = s.tokens.take().and_then(|t| t.refresh_token)
+            && at_provider
+        {
+            revoked.push(rt);
         }
     }
 
@@ -271,10 +271,10 @@ impl Model {
                 bytes[..8].copy_from_slice(&self.counter.to_le_bytes());
                 let id = SessionId::from_random_bytes(bytes);
                 let supersedes = supersede.map(|i| self.id(i).key());
-                if let Some(old) = supersedes {
-                    if self.live(old, &mut revoked).is_ok() {
-                        self.end(old, End::Revoked(RevocationReason::Superseded), &mut revoked);
-                    }
+                if let Some(old) = supersedes
+                    && self.live(old, &mut revoked).is_ok()
+                {
+                    self.end(old, End::Revoked(RevocationReason::Superseded), &mut revoked);
                 }
                 let (login, sub, sid, tokens) = match oidc {
                     None => (Login::Local, None, None, None),
