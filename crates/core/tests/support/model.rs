@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bff_session_core::Device;
 use bff_session_core::csrf::CsrfError;
 use bff_session_core::{
     Command, ExpiryReason, Login, Method, NewSession, OidcIdentity, Policy, RefreshCompletion, RefreshRefusal,
     RefreshResult, RefreshTicket, Refusal, RevocationReason, Secret, SessionId, SessionIdError, SessionKey, Timestamp,
     TokenGrant, Trigger, UserId,
 };
-use bff_session_core::{Device, Handle};
 
 pub const ISS: &str = "https://idp.test";
 pub const GARBAGE_COOKIE: &str = "garbage";
@@ -39,7 +39,6 @@ pub struct MTokens {
 
 #[derive(Clone, Debug)]
 pub struct MSession {
-    pub handle: Handle,
     pub user: usize,
     pub sub: Option<String>,
     pub sid: Option<String>,
@@ -147,6 +146,26 @@ pub struct Model {
     pub tickets: Vec<RefreshTicket>,
     pub counter: u64,
     pub last: Option<(Option<Command>, Expect)>,
+}
+
+/// Small numbers everywhere, so that short sequences reach every deadline and back-off.
+pub fn tiny_policy() -> Policy {
+    let s = Duration::from_secs;
+    Policy {
+        absolute_lifetime: s(3600),
+        idle_timeout: Some(s(600)),
+        touch_interval: s(60),
+        refresh_margin: s(30),
+        background_interval: s(10),
+        background_window: s(60),
+        background_recent_use: s(300),
+        assumed_token_lifetime: s(300),
+        refresh_lease: s(10),
+        refresh_backoff_base: s(1),
+        refresh_backoff_max: s(16),
+        tombstone_retention: s(300),
+        clock_skew: s(5),
+    }
 }
 
 pub fn user_id(u: usize) -> UserId {
@@ -303,7 +322,6 @@ impl Model {
                 self.sessions.insert(
                     id.key(),
                     MSession {
-                        handle: id.handle(),
                         user: *user,
                         sub,
                         sid,

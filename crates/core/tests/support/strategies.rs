@@ -22,22 +22,7 @@ pub struct AsvsL2;
 
 impl PolicyChoice for Tiny {
     fn policy() -> Policy {
-        let s = Duration::from_secs;
-        Policy {
-            absolute_lifetime: s(3600),
-            idle_timeout: Some(s(600)),
-            touch_interval: s(60),
-            refresh_margin: s(30),
-            background_interval: s(10),
-            background_window: s(60),
-            background_recent_use: s(300),
-            assumed_token_lifetime: s(300),
-            refresh_lease: s(10),
-            refresh_backoff_base: s(1),
-            refresh_backoff_max: s(16),
-            tombstone_retention: s(300),
-            clock_skew: s(5),
-        }
+        super::model::tiny_policy()
     }
 }
 impl PolicyChoice for Helix {

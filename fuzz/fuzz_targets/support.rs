@@ -1,0 +1,8 @@
+//! The property tests' model, driver and invariants, shared rather than copied.
+
+#[path = "../../crates/core/tests/support/assertions.rs"]
+pub mod assertions;
+#[path = "../../crates/core/tests/support/driver.rs"]
+pub mod driver;
+#[path = "../../crates/core/tests/support/model.rs"]
+pub mod model;
