@@ -72,7 +72,25 @@ fn ensure_installed(subcommand: &str, krate: &str) -> Result<(), String> {
 
 fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    core_stays_sans_io()
+}
+
+/// core's normal dependency tree must not contain an I/O stack.
+fn core_stays_sans_io() -> Result<(), String> {
+    const FORBIDDEN: [&str; 6] = ["tokio", "warp", "sled", "reqwest", "hyper", "openidconnect"];
+    let out = cargo()
+        .args(["tree", "-p", "bff-session-core", "-e", "normal", "--prefix", "none"])
+        .output()
+        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<&str> =
+        tree.lines().filter_map(|l| l.split_whitespace().next()).filter(|name| FORBIDDEN.contains(name)).collect();
+    if !out.status.success() || !found.is_empty() {
+        return Err(format!("bff-session-core depends on I/O crates: {found:?}"));
+    }
+    eprintln!("xtask: core's dependency tree has none of {FORBIDDEN:?}");
+    Ok(())
 }
 
 fn fuzz(secs: u64, only: &[String]) -> Result<(), String> {

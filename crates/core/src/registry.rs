@@ -404,6 +404,7 @@ fn background_refresh_at(s: &Session, policy: &Policy) -> Option<Timestamp> {
     (at <= s.last_used_at().saturating_add(policy.background_recent_use)).then_some(at)
 }
 
+/// Tombstones hold no tokens, so only active sessions can be due.
 fn background_due(s: &Session, now: Timestamp, policy: &Policy) -> bool {
-    s.is_active() && background_refresh_at(s, policy).is_some_and(|at| now >= at)
+    background_refresh_at(s, policy).is_some_and(|at| now >= at)
 }

@@ -222,6 +222,7 @@ fn the_registry_counts_records_and_knows_its_next_wakeup() {
     assert_eq!((r.len(), r.is_empty()), (1, false));
     // The background window (2 min) and skew (30 s) before a 10-minute token's expiry.
     assert_eq!(r.next_wakeup(), Some(at(10 * MIN - 2 * MIN - Duration::from_secs(30))));
+    assert_eq!(r.iter().map(|s| s.key()).collect::<Vec<_>>(), [key]);
     let record = r.get(&key).unwrap().clone();
     let mut fresh = registry();
     fresh.restore(record);
