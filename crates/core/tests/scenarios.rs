@@ -228,6 +228,8 @@ fn the_registry_counts_records_and_knows_its_next_wakeup() {
     fresh.restore(record);
     assert_eq!(fresh, r);
     assert_eq!(fresh.tick(at(8 * MIN)).outcome.refresh_due, [key]);
+    let _ = fresh.create(&oidc(2, None), None, T0);
+    assert_eq!(fresh.len(), 2);
 }
 
 #[test]
