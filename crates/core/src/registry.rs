@@ -271,7 +271,7 @@ impl Registry {
                     report.expired.push((key, reason));
                 }
             }
-            if self.get(&key).is_some_and(|s| background_due(s, now, &self.policy)) {
+            if self.get(&key).is_some_and(|s| s.background_refresh_due(now, &self.policy)) {
                 report.refresh_due.push(key);
             }
         }
@@ -359,7 +359,7 @@ impl Registry {
         let Some(entry) = self.entries.get_mut(&key) else {
             return;
         };
-        let next = next_event(&entry.session, &self.policy);
+        let next = entry.session.next_event(&self.policy);
         if entry.scheduled == next {
             return;
         }
@@ -380,31 +380,4 @@ fn remove_from<K: Ord + Clone>(index: &mut BTreeMap<K, BTreeSet<SessionKey>>, k:
             index.remove(k);
         }
     }
-}
-
-/// The next instant at which `tick` has something to decide about this session.
-fn next_event(s: &Session, policy: &Policy) -> Option<Timestamp> {
-    if let Some(at) = s.delete_at(policy) {
-        return Some(at);
-    }
-    let (expiry, _) = s.expiry(policy);
-    Some(background_refresh_at(s, policy).map_or(expiry, |at| at.min(expiry)))
-}
-
-/// When the background refresher should pick this session up, if it will still count as recently used then.
-fn background_refresh_at(s: &Session, policy: &Policy) -> Option<Timestamp> {
-    let mut at = s.refresh_from(policy.background_window, policy)?;
-    let refresh = s.refresh_state();
-    if let Some(lease) = refresh.lease() {
-        at = at.max(lease.expires_at);
-    }
-    if let Some(retry_at) = refresh.retry_at() {
-        at = at.max(retry_at);
-    }
-    (at <= s.last_used_at().saturating_add(policy.background_recent_use)).then_some(at)
-}
-
-/// Tombstones hold no tokens, so only active sessions can be due.
-fn background_due(s: &Session, now: Timestamp, policy: &Policy) -> bool {
-    background_refresh_at(s, policy).is_some_and(|at| now >= at)
 }

@@ -294,4 +294,35 @@ impl Session {
             }
         }
     }
+
+    /// The next instant at which a sweep has something to decide about this session: its deletion (for a
+    /// tombstone), or the earlier of its expiry and its background refresh. A pure function of the record,
+    /// so a schedule built from it cannot drift whichever way the clock moves.
+    pub fn next_event(&self, policy: &Policy) -> Option<Timestamp> {
+        if let Some(at) = self.delete_at(policy) {
+            return Some(at);
+        }
+        let (expiry, _) = self.expiry(policy);
+        Some(self.background_refresh_at(policy).map_or(expiry, |at| at.min(expiry)))
+    }
+
+    /// When the background refresher should pick this session up: once its token is within the window, no
+    /// lease is live and no back-off runs, provided the session was used within `background_recent_use` of
+    /// that instant. A session idle by then is left to expire, or to refresh on its next request.
+    pub fn background_refresh_at(&self, policy: &Policy) -> Option<Timestamp> {
+        let mut at = self.refresh_from(policy.background_window, policy)?;
+        if let Some(lease) = self.refresh.lease() {
+            at = at.max(lease.expires_at);
+        }
+        if let Some(retry_at) = self.refresh.retry_at() {
+            at = at.max(retry_at);
+        }
+        (at <= self.last_used_at.saturating_add(policy.background_recent_use)).then_some(at)
+    }
+
+    /// Whether the background refresher should refresh this session at `now`. Tombstones hold no tokens, so
+    /// only active sessions can be due.
+    pub fn background_refresh_due(&self, now: Timestamp, policy: &Policy) -> bool {
+        self.background_refresh_at(policy).is_some_and(|at| now >= at)
+    }
 }
