@@ -269,10 +269,10 @@ impl Inner {
     /// Ends the grant a refresh token belongs to (injected `invalid_grant`).
     pub fn revoke_grant_of(&self, refresh_token: &str) {
         let mut m = self.memory();
-        if let Some(&(grant_id, _)) = m.refresh.get(refresh_token) {
-            if let Some(g) = m.grants.get_mut(&grant_id) {
-                g.active = false;
-            }
+        if let Some(&(grant_id, _)) = m.refresh.get(refresh_token)
+            && let Some(g) = m.grants.get_mut(&grant_id)
+        {
+            g.active = false;
         }
     }
 
