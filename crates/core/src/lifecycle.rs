@@ -340,7 +340,8 @@ fn complete(
     }
 }
 
-/// Ends an active session for `reason`. `Err` carries how it had already ended.
+/// Ends an active session for `reason`. `Err` carries how it had already ended. A logout also clears the
+/// requesting browser's cookies.
 pub fn revoke(
     session: &mut Session,
     reason: RevocationReason,
@@ -350,6 +351,9 @@ pub fn revoke(
     let mut effects = Vec::new();
     let outcome = ensure_live(session, now, policy, &mut effects)
         .map(|()| end(session, State::Revoked { at: now, reason }, &mut effects));
+    if outcome.is_ok() && reason.clears_cookies() {
+        effects.push(Effect::ClearCookies);
+    }
     Transition::new(outcome, effects)
 }
 

@@ -201,14 +201,10 @@ impl Registry {
         reason: RevocationReason,
         now: Timestamp,
     ) -> Transition<Result<(), Refusal>> {
-        let mut t = self.update(key, |s, policy| match s {
+        self.update(key, |s, policy| match s {
             Some(s) => lifecycle::revoke(s, reason, now, policy),
             None => Transition::new(Err(Refusal::Unknown), Vec::new()),
-        });
-        if t.outcome.is_ok() && reason.clears_cookies() {
-            t.effects.push(Effect::ClearCookies);
-        }
-        t
+        })
     }
 
     /// Ends every active session of a user ("log out everywhere"). Returns the sessions it ended.
@@ -220,7 +216,8 @@ impl Registry {
     ) -> Transition<Vec<SessionKey>> {
         let keys = self.keys_of(&self.by_user, user);
         let mut t = self.revoke_keys(keys, reason, now);
-        if reason.clears_cookies() {
+        // Even with no session left to end, the requesting browser leaves without cookies.
+        if reason.clears_cookies() && !t.effects.contains(&Effect::ClearCookies) {
             t.effects.push(Effect::ClearCookies);
         }
         t

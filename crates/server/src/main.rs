@@ -1,1 +1,61 @@
-fn main() {}
+//! `bff-session serve|demo`.
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+use bff_session_server::config::Cli;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let settings = match cli.command.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bff-session: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let demo = settings.demo;
+    match bff_session_server::start_with_shutdown(settings, shutdown_signal()).await {
+        Ok(running) => {
+            if demo {
+                println!("bff-session demo: open {}/ in a browser", running.public_url);
+            }
+            running.wait().await;
+            tracing::info!("stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bff-session: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

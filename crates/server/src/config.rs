@@ -1,0 +1,296 @@
+//! Command-line flags and environment variables, and their validation.
+//!
+//! Owns turning `bff-session serve|demo` arguments into [`Settings`]. Every flag has a `BFF_SESSION_*`
+//! variable and a documented default; a bad value fails at start with the setting's name and the reason.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bff_session_core::Policy;
+use bff_session_core::client_ip::TrustedProxies;
+use clap::{Args, Parser, Subcommand};
+
+/// The reference Backend-for-Frontend session server.
+#[derive(Debug, Parser)]
+#[command(name = "bff-session", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "BFF_SESSION_LOG_JSON")]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve in front of an external OpenID provider.
+    Serve(ServeArgs),
+    /// Serve the demo: embedded dev provider at /idp, sled in ./data, a demo page at / and an echo API.
+    Demo(DemoArgs),
+}
+
+/// Settings shared by `serve` and `demo`.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Address to listen on.
+    #[arg(long, env = "BFF_SESSION_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The origin browsers use (https://… in production). Cookies are `__Host-` and Secure when it is https
+    /// or localhost. Default: http://localhost:PORT for the demo, http://LISTEN otherwise.
+    #[arg(long, env = "BFF_SESSION_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Folder for the sled database and, unless --key-file is given, the token encryption key.
+    #[arg(long, env = "BFF_SESSION_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// 32-byte key file for encrypting tokens at rest. Default: DATA_DIR/token.key, created (0600) on first start.
+    #[arg(long, env = "BFF_SESSION_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Session policy preset: helix, default or asvs-l2.
+    #[arg(long, env = "BFF_SESSION_POLICY", default_value = "default")]
+    pub policy: String,
+    /// Override the preset's absolute lifetime (e.g. 12h, 7d).
+    #[arg(long, env = "BFF_SESSION_ABSOLUTE_LIFETIME", value_parser = parse_duration)]
+    pub absolute_lifetime: Option<Duration>,
+    /// Override the preset's idle timeout (e.g. 30m); `0` disables it.
+    #[arg(long, env = "BFF_SESSION_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Override how often last use is recorded (e.g. 5m).
+    #[arg(long, env = "BFF_SESSION_TOUCH_INTERVAL", value_parser = parse_duration)]
+    pub touch_interval: Option<Duration>,
+    /// Override how long before expiry a request refreshes the access token (e.g. 1m).
+    #[arg(long, env = "BFF_SESSION_REFRESH_MARGIN", value_parser = parse_duration)]
+    pub refresh_margin: Option<Duration>,
+    /// Comma-separated addresses or CIDRs of reverse proxies whose Forwarded/X-Forwarded-For are believed.
+    #[arg(long, env = "BFF_SESSION_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// Time limit of one call to the provider's token endpoint; must be shorter than the refresh lease.
+    #[arg(long, env = "BFF_SESSION_REFRESH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub refresh_timeout: Duration,
+    /// Enable POST /__test/clock to move the server's clock. Never in production.
+    #[arg(long, env = "BFF_SESSION_TEST_CLOCK")]
+    pub test_clock: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The provider's issuer URL, exactly as in its discovery document.
+    #[arg(long, env = "BFF_SESSION_ISSUER")]
+    pub issuer: String,
+    #[arg(long, env = "BFF_SESSION_CLIENT_ID")]
+    pub client_id: String,
+    #[arg(long, env = "BFF_SESSION_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+    /// Scopes to request, space-separated.
+    #[arg(long, env = "BFF_SESSION_SCOPES", default_value = "openid profile email offline_access")]
+    pub scopes: String,
+    /// The API that /api/* forwards to, with the access token attached.
+    #[arg(long, env = "BFF_SESSION_UPSTREAM")]
+    pub upstream: Option<url::Url>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Access-token lifetime of the embedded provider; short so refreshes are visible.
+    #[arg(long, env = "BFF_SESSION_DEMO_TOKEN_TTL", value_parser = parse_duration, default_value = "2m")]
+    pub access_token_ttl: Duration,
+}
+
+/// Where the OpenID provider is.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    External {
+        issuer: String,
+        client_id: String,
+        client_secret: String,
+    },
+    /// The dev provider, mounted at `/idp` in this process.
+    Embedded {
+        access_token_ttl: Duration,
+    },
+}
+
+/// Where `/api/*` goes.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    None,
+    Url(url::Url),
+    /// The demo's echo API in this process.
+    Echo,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub policy: Policy,
+    pub trusted_proxies: TrustedProxies,
+    pub refresh_timeout: Duration,
+    pub test_clock: bool,
+    pub provider: Provider,
+    pub scopes: Vec<String>,
+    pub upstream: Upstream,
+    pub demo: bool,
+}
+
+/// A setting that cannot be used, with the reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { setting, reason: reason.into() }
+}
+
+/// `90`, `90s`, `5m`, `12h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 5m, 12h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+impl Common {
+    fn settings(
+        self,
+        provider: Provider,
+        scopes: Vec<String>,
+        upstream: Upstream,
+        demo: bool,
+    ) -> Result<Settings, ConfigError> {
+        let mut policy = Policy::preset(&self.policy).ok_or_else(|| {
+            err("--policy", format!("unknown preset {:?}; use one of {}", self.policy, Policy::PRESETS.join(", ")))
+        })?;
+        if let Some(d) = self.absolute_lifetime {
+            policy.absolute_lifetime = d;
+        }
+        if let Some(d) = self.idle_timeout {
+            policy.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = self.touch_interval {
+            policy.touch_interval = d;
+        }
+        if let Some(d) = self.refresh_margin {
+            policy.refresh_margin = d;
+        }
+        policy.validate().map_err(|e| err("--policy and its overrides", e.to_string()))?;
+        if self.refresh_timeout >= policy.refresh_lease {
+            return Err(err(
+                "--refresh-timeout",
+                format!("must be shorter than the refresh lease ({}s)", policy.refresh_lease.as_secs()),
+            ));
+        }
+        let trusted_proxies =
+            TrustedProxies::parse(&self.trusted_proxies).map_err(|e| err("--trusted-proxies", e.to_string()))?;
+        if let Some(url) = &self.public_url {
+            let parsed = url::Url::parse(url).map_err(|e| err("--public-url", e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.path() != "/" || parsed.query().is_some() {
+                return Err(err("--public-url", "must be an origin like https://app.example.com, without a path"));
+            }
+        }
+        Ok(Settings {
+            listen: self.listen,
+            public_url: self.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            data_dir: self.data_dir,
+            key_file: self.key_file,
+            policy,
+            trusted_proxies,
+            refresh_timeout: self.refresh_timeout,
+            test_clock: self.test_clock,
+            provider,
+            scopes,
+            upstream,
+            demo,
+        })
+    }
+}
+
+impl Command {
+    pub fn settings(self) -> Result<Settings, ConfigError> {
+        match self {
+            Self::Serve(a) => {
+                if a.issuer.ends_with('/') {
+                    return Err(err(
+                        "--issuer",
+                        "must not end with a slash: it is compared with the provider's issuer exactly",
+                    ));
+                }
+                let upstream = match a.upstream {
+                    Some(u) if matches!(u.scheme(), "http" | "https") => Upstream::Url(u),
+                    Some(u) => return Err(err("--upstream", format!("scheme {} is not http or https", u.scheme()))),
+                    None => Upstream::None,
+                };
+                let provider =
+                    Provider::External { issuer: a.issuer, client_id: a.client_id, client_secret: a.client_secret };
+                let scopes = a.scopes.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+                if !scopes.iter().any(|s| s == "openid") {
+                    return Err(err("--scopes", "must include openid"));
+                }
+                a.common.settings(provider, scopes, upstream, false)
+            }
+            Self::Demo(a) => {
+                let scopes = ["openid", "profile", "email", "offline_access"].map(str::to_owned).to_vec();
+                a.common.settings(
+                    Provider::Embedded { access_token_ttl: a.access_token_ttl },
+                    scopes,
+                    Upstream::Echo,
+                    true,
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    fn demo(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let mut args = vec!["bff-session", "demo"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).map_err(|e| err("args", e.to_string()))?.command.settings()
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        assert_eq!(demo(&["--policy", "lax"]).unwrap_err().setting, "--policy");
+        assert_eq!(demo(&["--trusted-proxies", "proxy.local"]).unwrap_err().setting, "--trusted-proxies");
+        assert_eq!(demo(&["--public-url", "https://x.example/app"]).unwrap_err().setting, "--public-url");
+        assert_eq!(demo(&["--refresh-timeout", "60s"]).unwrap_err().setting, "--refresh-timeout");
+        assert_eq!(demo(&["--touch-interval", "30d"]).unwrap_err().setting, "--policy and its overrides");
+        assert!(demo(&[]).is_ok());
+    }
+}

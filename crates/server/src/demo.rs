@@ -1,0 +1,43 @@
+//! The demo: a page that exercises every endpoint, and an echo API to stand in for the upstream.
+//!
+//! Owns only presentation. The page never sees a token: it reads the CSRF cookie, calls `/auth/*` and
+//! `/api/*`, and shows what the echo API reports about the access token the BFF attached.
+
+use warp::Reply as _;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::http::Req;
+use crate::oidc::jwt_payload;
+
+const PAGE: &str = include_str!("../static/index.html");
+
+pub fn page() -> Response {
+    let mut r = warp::reply::html(PAGE).into_response();
+    r.headers_mut().insert("content-security-policy", warp::http::HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"));
+    r
+}
+
+/// Reports the request the upstream received: method, path, and the claims of the bearer token (never the
+/// token itself).
+pub fn echo(req: &Req) -> Response {
+    let bearer = req.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(claims) = bearer.and_then(jwt_payload) else {
+        return warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({"error": "no_token", "message": "no bearer token"})),
+            StatusCode::UNAUTHORIZED,
+        )
+        .into_response();
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let body = serde_json::json!({
+        "method": req.method.as_str(),
+        "path": req.path.trim_start_matches("/__echo"),
+        "token": {
+            "sub": claims["sub"], "iat": claims["iat"], "exp": claims["exp"], "scope": claims["scope"],
+            "expires_in_s": claims["exp"].as_u64().map(|exp| exp as i64 - now as i64),
+        },
+        "cookies_forwarded": req.headers.contains_key("cookie"),
+    });
+    warp::reply::json(&body).into_response()
+}

@@ -1,0 +1,137 @@
+//! Encryption of tokens at rest.
+//!
+//! Owns the AEAD key file and the [`Sealer`] that core's record codec calls: XChaCha20-Poly1305 with a
+//! random 192-bit nonce per record, the record's key as associated data. It never sees a record, only
+//! token bytes.
+
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use bff_session_core::record::{SealError, Sealer};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngExt as _;
+
+const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 24;
+
+/// Why the key file cannot be used.
+#[derive(Debug)]
+pub enum KeyFileError {
+    Read { path: PathBuf, error: std::io::Error },
+    Create { path: PathBuf, error: std::io::Error },
+    Length { path: PathBuf, found: usize },
+}
+
+impl fmt::Display for KeyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, error } => write!(f, "cannot read key file {}: {error}", path.display()),
+            Self::Create { path, error } => write!(f, "cannot create key file {}: {error}", path.display()),
+            Self::Length { path, found } => {
+                write!(f, "key file {} holds {found} bytes; it must hold exactly {KEY_LEN}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for KeyFileError {}
+
+/// Seals tokens with a key from a file.
+pub struct TokenSealer {
+    cipher: XChaCha20Poly1305,
+}
+
+impl fmt::Debug for TokenSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSealer(XChaCha20-Poly1305)")
+    }
+}
+
+impl TokenSealer {
+    pub fn from_key(key: [u8; KEY_LEN]) -> Self {
+        Self { cipher: XChaCha20Poly1305::new(&key.into()) }
+    }
+
+    /// Loads the key at `path`, creating it (mode 0600, from the OS random source) if `create` and absent.
+    pub fn from_file(path: &Path, create: bool) -> Result<Self, KeyFileError> {
+        match fs::read(path) {
+            Ok(bytes) => {
+                let key: [u8; KEY_LEN] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeyFileError::Length { path: path.to_owned(), found: bytes.len() })?;
+                Ok(Self::from_key(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let key: [u8; KEY_LEN] = rand::rng().random();
+                write_private(path, &key).map_err(|error| KeyFileError::Create { path: path.to_owned(), error })?;
+                Ok(Self::from_key(key))
+            }
+            Err(error) => Err(KeyFileError::Read { path: path.to_owned(), error }),
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+impl Sealer for TokenSealer {
+    fn seal(&self, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
+        let nonce: [u8; NONCE_LEN] = rand::rng().random();
+        let sealed = self.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context });
+        // Encryption only fails for messages beyond the cipher's limit (256 GiB); tokens are far smaller.
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed.unwrap_or_default());
+        out
+    }
+
+    fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(SealError);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: context }).map_err(|_| SealError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_tokens_open_only_with_their_context_and_key() {
+        let a = TokenSealer::from_key([1; 32]);
+        let sealed = a.seal(b"refresh-token", b"key-a");
+        assert!(!sealed.windows(13).any(|w| w == b"refresh-token"));
+        assert_eq!(a.open(&sealed, b"key-a"), Ok(b"refresh-token".to_vec()));
+        assert_eq!(a.open(&sealed, b"key-b"), Err(SealError));
+        assert_eq!(TokenSealer::from_key([2; 32]).open(&sealed, b"key-a"), Err(SealError));
+        assert_eq!(a.open(&sealed[..10], b"key-a"), Err(SealError));
+    }
+
+    #[test]
+    fn a_key_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let sealed = TokenSealer::from_file(&path, true).unwrap().seal(b"x", b"c");
+        assert_eq!(TokenSealer::from_file(&path, false).unwrap().open(&sealed, b"c"), Ok(b"x".to_vec()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        fs::write(&path, b"short").unwrap();
+        assert!(matches!(TokenSealer::from_file(&path, false), Err(KeyFileError::Length { found: 5, .. })));
+    }
+}

@@ -1,0 +1,473 @@
+//! The shell around core: load a record, run a core transition, compare-and-swap it back, carry out the
+//! effects.
+//!
+//! Owns the orchestration only: retries on write conflicts, durability before acknowledgement, the
+//! in-process side of single-flight refresh (waiters for a ticket in flight), revocation at the provider,
+//! and the background refresher and sweeper. Every decision about a session is a call into
+//! `bff_session_core::lifecycle`; nothing here inspects deadlines or tokens to decide on its own.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bff_session_core::lifecycle::{self, AuthRequest, Authenticated, NewSession, Refusal, Transition};
+use bff_session_core::{
+    Durability, Effect, Policy, RefreshCompletion, RefreshRefusal, RefreshResult, RevocationReason, Session, SessionId,
+    SessionKey, State, Timestamp, Trigger,
+};
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::oidc::{Oidc, RefreshError};
+use crate::store::{Store, StoreError};
+
+/// Why the service could not do what was asked. Client mistakes are [`Refusal`]s inside outcomes instead.
+#[derive(Debug)]
+pub enum ServiceError {
+    /// The store failed: fail closed (503), log no one out.
+    Store(StoreError),
+    /// The OS random source failed.
+    Random(String),
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => e.fmt(f),
+            Self::Random(e) => write!(f, "OS random source failed: {e}"),
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// A transition that was carried out: its outcome, its cookie effects, and the record as stored now.
+#[derive(Debug)]
+pub struct Applied<T> {
+    pub outcome: T,
+    pub effects: Vec<Effect>,
+    pub session: Option<Session>,
+}
+
+const MAX_ATTEMPTS: usize = 8;
+
+pub struct Service {
+    pub policy: Policy,
+    pub clock: Clock,
+    pub store: Store,
+    pub oidc: Oidc,
+    pub metrics: Metrics,
+    /// Tickets in flight in this process, so concurrent requests wait for the one refresh.
+    inflight: tokio::sync::Mutex<HashMap<SessionKey, watch::Receiver<bool>>>,
+    refresh_timeout: Duration,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service").field("store", &self.store).field("oidc", &self.oidc).finish_non_exhaustive()
+    }
+}
+
+/// A new session ID: 256 bits from the OS random source.
+pub fn new_session_id() -> Result<SessionId, ServiceError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| ServiceError::Random(e.to_string()))?;
+    Ok(SessionId::from_random_bytes(bytes))
+}
+
+fn ended_reason(s: &Session) -> Option<(&'static str, &'static str)> {
+    match s.state() {
+        State::Active => None,
+        State::Expired { reason, .. } => Some(("bff_sessions_expired_total", reason.as_str())),
+        State::Revoked { reason, .. } => Some(("bff_sessions_revoked_total", reason.as_str())),
+    }
+}
+
+impl Service {
+    pub fn new(policy: Policy, clock: Clock, store: Store, oidc: Oidc, refresh_timeout: Duration) -> Self {
+        Self {
+            policy,
+            clock,
+            store,
+            oidc,
+            metrics: Metrics::default(),
+            inflight: tokio::sync::Mutex::new(HashMap::new()),
+            refresh_timeout,
+        }
+    }
+
+    /// Runs `f` on the record under `key` and stores the result, retrying on concurrent writes.
+    pub async fn apply<T>(
+        self: &Arc<Self>,
+        key: SessionKey,
+        f: impl Fn(Option<&mut Session>, Timestamp, &Policy) -> Transition<T>,
+    ) -> Result<Applied<T>, ServiceError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.clock.now();
+            let previous = match self.store.get(&key) {
+                Ok(p) => p,
+                Err(StoreError::Corrupt { key, error }) => {
+                    warn!(session = %key, %error, "corrupt session record treated as unknown");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let mut current = previous.clone();
+            let t = f(current.as_mut(), now, &self.policy);
+            if let (Some(new), true) =
+                (&current, current.as_ref().map(Session::version) != previous.as_ref().map(Session::version))
+            {
+                match self.store.put(previous.as_ref(), new) {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                if previous.as_ref().is_some_and(Session::is_active)
+                    && let Some((metric, reason)) = ended_reason(new)
+                {
+                    self.metrics.inc(metric, "reason", reason);
+                    info!(session = %key, reason, "session ended");
+                }
+            }
+            self.carry_out(&t.effects).await?;
+            return Ok(Applied { outcome: t.outcome, effects: t.effects, session: current });
+        }
+        Err(ServiceError::Store(StoreError::Conflict))
+    }
+
+    /// The effects that are not the HTTP layer's: durability and revocation at the provider.
+    async fn carry_out(self: &Arc<Self>, effects: &[Effect]) -> Result<(), ServiceError> {
+        if effects.iter().any(|e| matches!(e, Effect::Persist { durability: Durability::Durable, .. })) {
+            self.store.flush().await?;
+        }
+        for effect in effects {
+            if let Effect::RevokeAtProvider { token } = effect {
+                let service = self.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    match service.oidc.revoke(&token).await {
+                        Ok(()) => service.metrics.inc("bff_provider_revocations_total", "outcome", "ok"),
+                        Err(e) => {
+                            service.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
+                            warn!(error = %e, "refresh token revocation at the provider failed");
+                        }
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a session (durably) and ends the one the browser presented, if any.
+    pub async fn create(
+        self: &Arc<Self>,
+        new: &NewSession,
+        supersedes: Option<SessionKey>,
+    ) -> Result<Applied<SessionKey>, ServiceError> {
+        if let Some(old) = supersedes {
+            self.apply(old, |s, now, p| match s {
+                Some(s) => lifecycle::revoke(s, RevocationReason::Superseded, now, p),
+                None => Transition { outcome: Err(Refusal::Unknown), effects: Vec::new() },
+            })
+            .await?;
+        }
+        let t = lifecycle::create(new, self.clock.now(), &self.policy);
+        self.store.put(None, &t.outcome)?;
+        self.carry_out(&t.effects).await?;
+        self.metrics.inc(
+            "bff_sessions_created_total",
+            "provider",
+            if t.outcome.oidc().is_some() { "oidc" } else { "local" },
+        );
+        info!(session = %t.outcome.key(), "session created");
+        Ok(Applied { outcome: t.outcome.key(), effects: t.effects, session: Some(t.outcome) })
+    }
+
+    /// Checks a request's session and records its use when a touch is due.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        request: &AuthRequest<'_>,
+    ) -> Result<Applied<Result<Authenticated, Refusal>>, ServiceError> {
+        let id = match lifecycle::admit(request) {
+            Ok(id) => id,
+            Err(refusal) => {
+                let effects = match refusal {
+                    Refusal::NoCookie | Refusal::Csrf(_) => Vec::new(),
+                    _ => vec![Effect::ClearCookies],
+                };
+                return Ok(Applied { outcome: Err(refusal), effects, session: None });
+            }
+        };
+        let key = id.key();
+        let mut applied = self.apply(key, |s, now, p| lifecycle::authenticate(s, now, p)).await?;
+        if let Ok(auth) = &applied.outcome
+            && auth.touch_due
+        {
+            match self
+                .apply(key, |s, now, p| match s {
+                    Some(s) => lifecycle::touch(s, now, p),
+                    None => Transition { outcome: Err(Refusal::Unknown), effects: Vec::new() },
+                })
+                .await
+            {
+                Ok(touched) => applied.session = touched.session,
+                // A lost touch costs idle-deadline accuracy, not the request.
+                Err(e) => warn!(session = %key, error = %e, "touch not recorded"),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Makes sure the session's access token is fresh, refreshing it at most once across concurrent callers.
+    /// Returns the record to use, or the refusal if the session is not usable.
+    pub async fn ensure_fresh(
+        self: &Arc<Self>,
+        key: SessionKey,
+        trigger: Trigger,
+    ) -> Result<Result<Session, Refusal>, ServiceError> {
+        let deadline = tokio::time::Instant::now() + self.refresh_timeout + Duration::from_secs(5);
+        loop {
+            let mut inflight = self.inflight.lock().await;
+            if let Some(rx) = inflight.get(&key).cloned() {
+                drop(inflight);
+                wait_for(rx, deadline).await;
+            } else {
+                let begun = self.apply(key, |s, now, p| match s {
+                    Some(s) => lifecycle::begin_refresh(s, trigger, now, p),
+                    None => Transition { outcome: Err(RefreshRefusal::Ended(Refusal::Unknown)), effects: Vec::new() },
+                });
+                let begun = match begun.await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        drop(inflight);
+                        return Err(e);
+                    }
+                };
+                match begun.outcome {
+                    Ok(ticket) => {
+                        let (tx, rx) = watch::channel(false);
+                        inflight.insert(key, rx.clone());
+                        drop(inflight);
+                        // The provider call runs on its own task: a client that disconnects does not cancel
+                        // it, and the rotated refresh token is never lost.
+                        let service = self.clone();
+                        tokio::spawn(async move {
+                            service.run_refresh(ticket).await;
+                            service.inflight.lock().await.remove(&key);
+                            let _ = tx.send(true);
+                        });
+                        wait_for(rx, deadline).await;
+                    }
+                    Err(RefreshRefusal::Ended(refusal)) => return Ok(Err(refusal)),
+                    Err(RefreshRefusal::InFlight { .. }) => {
+                        // Another process holds the lease: poll until it completes or lapses.
+                        drop(inflight);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => {
+                        drop(inflight);
+                        return Ok(begun.session.ok_or(Refusal::Unknown));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let current = self.store.get(&key)?;
+                return Ok(current.ok_or(Refusal::Unknown));
+            }
+        }
+    }
+
+    async fn run_refresh(self: &Arc<Self>, ticket: bff_session_core::RefreshTicket) {
+        let result = match tokio::time::timeout(self.refresh_timeout, self.oidc.refresh(&ticket.refresh_token)).await {
+            Ok(Ok(grant)) => RefreshResult::Success(grant),
+            Ok(Err(RefreshError::InvalidGrant)) => RefreshResult::InvalidGrant,
+            Ok(Err(RefreshError::Transient(e))) => {
+                warn!(session = %ticket.key, error = %e, "refresh failed transiently");
+                RefreshResult::Transient
+            }
+            Err(_) => {
+                warn!(session = %ticket.key, "refresh timed out");
+                RefreshResult::Transient
+            }
+        };
+        let label = match &result {
+            RefreshResult::Success(_) => "success",
+            RefreshResult::InvalidGrant => "invalid_grant",
+            RefreshResult::Transient => "transient",
+        };
+        self.metrics.inc("bff_refreshes_total", "outcome", label);
+        // Storing rotated tokens must not be lost to a passing store fault.
+        for attempt in 0..5u32 {
+            let completed = self
+                .apply(ticket.key, |s, now, p| lifecycle::complete_refresh(s, &ticket, result.clone(), now, p))
+                .await;
+            match completed {
+                Ok(done) => {
+                    if done.outcome == RefreshCompletion::Stale {
+                        warn!(session = %ticket.key, "stale refresh completion ignored");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(session = %ticket.key, error = %e, attempt, "cannot store refresh result; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Ends one session.
+    pub async fn revoke(
+        self: &Arc<Self>,
+        key: SessionKey,
+        reason: RevocationReason,
+    ) -> Result<Applied<Result<(), Refusal>>, ServiceError> {
+        self.apply(key, |s, now, p| match s {
+            Some(s) => lifecycle::revoke(s, reason, now, p),
+            None => Transition { outcome: Err(Refusal::Unknown), effects: Vec::new() },
+        })
+        .await
+    }
+
+    /// Ends every session in `keys`; returns how many it ended.
+    pub async fn revoke_all(
+        self: &Arc<Self>,
+        keys: Vec<SessionKey>,
+        reason: RevocationReason,
+    ) -> Result<usize, ServiceError> {
+        let mut ended = 0;
+        for key in keys {
+            if self.revoke(key, reason).await?.outcome.is_ok() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The user's active sessions.
+    pub fn sessions_of(&self, user: &str) -> Result<Vec<Session>, ServiceError> {
+        let mut out = Vec::new();
+        for key in self.store.keys_of_user(user)? {
+            match self.store.get(&key) {
+                Ok(Some(s)) if s.is_active() => out.push(s),
+                Ok(_) => {}
+                Err(StoreError::Corrupt { key, error }) => warn!(session = %key, %error, "corrupt record skipped"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.sort_by_key(Session::created_at);
+        Ok(out)
+    }
+
+    /// One sweep: expire sessions past a deadline, delete tombstones past retention, drop corrupt records.
+    pub async fn sweep(self: &Arc<Self>) -> Result<usize, ServiceError> {
+        let now = self.clock.now();
+        let mut done = 0;
+        for key in self.store.due(now, 10_000)? {
+            match self.store.get(&key) {
+                Ok(Some(s)) if s.delete_at(&self.policy).is_some_and(|at| now >= at) => match self.store.delete(&s) {
+                    Ok(()) | Err(StoreError::Conflict) => done += 1,
+                    Err(e) => return Err(e.into()),
+                },
+                Ok(Some(s)) if s.is_active() && s.expired_at(now, &self.policy).is_some() => {
+                    self.apply(key, |s, now, p| match s {
+                        Some(s) => lifecycle::expire_if_due(s, now, p),
+                        None => Transition { outcome: None, effects: Vec::new() },
+                    })
+                    .await?;
+                    done += 1;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => self.store.unschedule(now, &key)?,
+                Err(StoreError::Corrupt { key, error }) => {
+                    warn!(session = %key, %error, "deleting corrupt session record");
+                    self.store.purge_corrupt(&key)?;
+                    self.store.unschedule(now, &key)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.sweep_logins(now);
+        Ok(done)
+    }
+
+    fn sweep_logins(&self, now: Timestamp) {
+        let expired: Vec<_> = self
+            .store
+            .logins
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| crate::login::PendingLogin::decode(v).is_none_or(|p| p.expires_ms <= now.as_millis()))
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired {
+            let _ = self.store.logins.remove(k);
+        }
+    }
+
+    /// One pass of the background refresher over recently used sessions whose tokens are due.
+    pub async fn refresh_due(self: &Arc<Self>, concurrency: usize) -> Result<usize, ServiceError> {
+        let now = self.clock.now();
+        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut tasks = Vec::new();
+        for key in self.store.due(now, 10_000)? {
+            let Ok(Some(s)) = self.store.get(&key) else { continue };
+            if !s.background_refresh_due(now, &self.policy) {
+                continue;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let service = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                service.ensure_fresh(key, Trigger::Background).await
+            }));
+        }
+        let n = tasks.len();
+        for t in tasks {
+            let _ = t.await;
+        }
+        Ok(n)
+    }
+
+    /// Runs the background refresher and the sweeper until the process ends.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let interval = self.policy.background_interval;
+        let refresher = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(jittered(interval)).await;
+                if let Err(e) = refresher.refresh_due(8).await {
+                    warn!(error = %e, "background refresh pass failed");
+                }
+            }
+        });
+        let sweeper = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(jittered(interval)).await;
+                if let Err(e) = sweeper.sweep().await {
+                    warn!(error = %e, "sweep failed");
+                }
+            }
+        });
+    }
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>, deadline: tokio::time::Instant) {
+    let _ = tokio::time::timeout_at(deadline, rx.wait_for(|done| *done)).await;
+}
+
+/// `d` give or take 10%, so replicas and restarts do not beat in step.
+fn jittered(d: Duration) -> Duration {
+    use rand::RngExt as _;
+    let tenth = (d.as_millis() / 10) as u64;
+    let jitter = if tenth == 0 { 0 } else { rand::rng().random_range(0..=2 * tenth) };
+    (d + Duration::from_millis(jitter)).saturating_sub(Duration::from_millis(tenth))
+}

@@ -1,0 +1,272 @@
+//! Durable session storage in sled.
+//!
+//! Owns the byte layout on disk and the indexes: records by key, a schedule of each record's next event
+//! (so sweeps cost in proportion to due sessions), and active sessions by user, `(iss, sid)` and
+//! `(iss, sub)`. Every write is a compare-and-swap on the record's version inside one transaction with its
+//! index changes, so a stale write can never overwrite a newer one or bring back a revoked session. It never
+//! decides anything about a session: the transitions come from core.
+
+use std::fmt;
+use std::path::Path;
+
+use bff_session_core::record::{self, DecodeError};
+use bff_session_core::{Policy, Session, SessionKey, Timestamp};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::{Db, Tree};
+
+use crate::seal::TokenSealer;
+
+const SEP: u8 = 0xff;
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The disk or sled failed; the operation may be retried.
+    Io(String),
+    /// The record changed since it was read; re-read and try again.
+    Conflict,
+    /// A stored record does not decode.
+    Corrupt { key: SessionKey, error: DecodeError },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "session store unavailable: {e}"),
+            Self::Conflict => f.write_str("session record changed concurrently"),
+            Self::Corrupt { key, error } => write!(f, "session record {key} is corrupt: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Io(e.to_string())
+    }
+}
+
+/// The sled database with its trees.
+pub struct Store {
+    db: Db,
+    sessions: Tree,
+    schedule: Tree,
+    by_user: Tree,
+    by_sid: Tree,
+    by_sub: Tree,
+    pub(crate) logins: Tree,
+    pub(crate) jtis: Tree,
+    sealer: TokenSealer,
+    policy: Policy,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+fn schedule_key(at: Timestamp, key: &SessionKey) -> Vec<u8> {
+    let mut k = at.as_millis().to_be_bytes().to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn index_key(parts: &[&str], key: &SessionKey) -> Vec<u8> {
+    let mut k = Vec::new();
+    for p in parts {
+        k.extend_from_slice(p.as_bytes());
+        k.push(SEP);
+    }
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn index_prefix(parts: &[&str]) -> Vec<u8> {
+    let mut k = Vec::new();
+    for p in parts {
+        k.extend_from_slice(p.as_bytes());
+        k.push(SEP);
+    }
+    k
+}
+
+/// Index entries (tree number, key) of an active session: 0 = user, 1 = sid, 2 = sub.
+fn index_entries(s: &Session) -> Vec<(usize, Vec<u8>)> {
+    if !s.is_active() {
+        return Vec::new();
+    }
+    let key = s.key();
+    let mut out = vec![(0, index_key(&[s.user().as_str()], &key))];
+    if let Some(oidc) = s.oidc() {
+        out.push((2, index_key(&[&oidc.iss, &oidc.sub], &key)));
+        if let Some(sid) = &oidc.sid {
+            out.push((1, index_key(&[&oidc.iss, sid], &key)));
+        }
+    }
+    out
+}
+
+fn keys_from(tree: &Tree, prefix: &[u8]) -> Result<Vec<SessionKey>, StoreError> {
+    let mut keys = Vec::new();
+    for item in tree.scan_prefix(prefix) {
+        let (k, _) = item?;
+        if let Ok(bytes) = <[u8; 32]>::try_from(&k[prefix.len()..]) {
+            keys.push(SessionKey::from_bytes(bytes));
+        }
+    }
+    Ok(keys)
+}
+
+impl Store {
+    pub fn open(path: &Path, sealer: TokenSealer, policy: Policy) -> Result<Self, StoreError> {
+        let db = sled::open(path)?;
+        Ok(Self {
+            sessions: db.open_tree("sessions")?,
+            schedule: db.open_tree("schedule")?,
+            by_user: db.open_tree("by_user")?,
+            by_sid: db.open_tree("by_sid")?,
+            by_sub: db.open_tree("by_sub")?,
+            logins: db.open_tree("logins")?,
+            jtis: db.open_tree("jtis")?,
+            db,
+            sealer,
+            policy,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The record under `key`.
+    pub fn get(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        let Some(bytes) = self.sessions.get(key.as_bytes())? else { return Ok(None) };
+        let body = bytes.get(8..).unwrap_or_default();
+        record::decode(body, &self.sealer).map(Some).map_err(|error| StoreError::Corrupt { key: *key, error })
+    }
+
+    /// Writes `new` if the stored record is still `previous` (compare-and-swap on the version), updating
+    /// the schedule and indexes in the same transaction.
+    pub fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
+        let key = new.key();
+        let mut value = new.version().to_be_bytes().to_vec();
+        value.extend_from_slice(&record::encode(new, &self.sealer));
+        let expected = previous.map(Session::version);
+        let removed: Vec<(usize, Vec<u8>)> = previous.map(index_entries).unwrap_or_default();
+        let added = index_entries(new);
+        let old_event = previous.and_then(|p| p.next_event(&self.policy));
+        let new_event = new.next_event(&self.policy);
+        let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
+        let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
+            let current = sessions.get(key.as_bytes())?.map(|v| version_of(&v));
+            if current != expected {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            sessions.insert(key.as_bytes(), value.as_slice())?;
+            if old_event != new_event {
+                if let Some(at) = old_event {
+                    schedule.remove(schedule_key(at, &key))?;
+                }
+                if let Some(at) = new_event {
+                    schedule.insert(schedule_key(at, &key), &[])?;
+                }
+            }
+            let index = [user, sid, sub];
+            for (tree, k) in removed.iter().filter(|e| !added.contains(e)) {
+                index[*tree].remove(k.as_slice())?;
+            }
+            for (tree, k) in added.iter().filter(|e| !removed.contains(e)) {
+                index[*tree].insert(k.as_slice(), &[])?;
+            }
+            Ok(())
+        });
+        map_tx(result)
+    }
+
+    /// Removes a tombstone if it is still `previous`.
+    pub fn delete(&self, previous: &Session) -> Result<(), StoreError> {
+        let key = previous.key();
+        let expected = Some(previous.version());
+        let entries = index_entries(previous);
+        let event = previous.next_event(&self.policy);
+        let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
+        let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
+            if sessions.get(key.as_bytes())?.map(|v| version_of(&v)) != expected {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            sessions.remove(key.as_bytes())?;
+            if let Some(at) = event {
+                schedule.remove(schedule_key(at, &key))?;
+            }
+            let index = [user, sid, sub];
+            for (tree, k) in &entries {
+                index[*tree].remove(k.as_slice())?;
+            }
+            Ok(())
+        });
+        map_tx(result)
+    }
+
+    /// Removes a record that cannot be decoded, with whatever schedule entries point at it.
+    pub fn purge_corrupt(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.sessions.remove(key.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn keys_of_user(&self, user: &str) -> Result<Vec<SessionKey>, StoreError> {
+        keys_from(&self.by_user, &index_prefix(&[user]))
+    }
+
+    pub fn keys_of_sid(&self, iss: &str, sid: &str) -> Result<Vec<SessionKey>, StoreError> {
+        keys_from(&self.by_sid, &index_prefix(&[iss, sid]))
+    }
+
+    pub fn keys_of_sub(&self, iss: &str, sub: &str) -> Result<Vec<SessionKey>, StoreError> {
+        keys_from(&self.by_sub, &index_prefix(&[iss, sub]))
+    }
+
+    /// Keys whose scheduled event is at or before `now`, at most `limit`, earliest first.
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
+        let end = schedule_key(now, &SessionKey::from_bytes([0xff; 32]));
+        let mut keys = Vec::new();
+        for item in self.schedule.range(..=end).take(limit) {
+            let (k, _) = item?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(&k[8..]) {
+                keys.push(SessionKey::from_bytes(bytes));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Drops schedule entries whose record is gone or no longer scheduled there (after a purge).
+    pub fn unschedule(&self, at_or_before: Timestamp, key: &SessionKey) -> Result<(), StoreError> {
+        let end = schedule_key(at_or_before, key);
+        for item in self.schedule.range(..=end) {
+            let (k, _) = item?;
+            if k.ends_with(key.as_bytes()) {
+                self.schedule.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every write so far is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn version_of(value: &[u8]) -> u64 {
+    value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes)
+}
+
+fn map_tx(result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Abort(())) => Err(StoreError::Conflict),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Io(e.to_string())),
+    }
+}
