@@ -83,11 +83,12 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     clear_cookies: bool,
+    clear_login: bool,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), clear_cookies: false }
+        Self { status, code, message: message.into(), clear_cookies: false, clear_login: false }
     }
 
     fn refusal(r: Refusal, effects: &[Effect]) -> Self {
@@ -95,7 +96,13 @@ impl ApiError {
             Refusal::Csrf(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         };
-        Self { status, code: r.code(), message: r.to_string(), clear_cookies: effects.contains(&Effect::ClearCookies) }
+        Self {
+            status,
+            code: r.code(),
+            message: r.to_string(),
+            clear_cookies: effects.contains(&Effect::ClearCookies),
+            clear_login: false,
+        }
     }
 }
 
@@ -222,6 +229,9 @@ impl App {
         if e.clear_cookies {
             self.clear_cookies(&mut r);
         }
+        if e.clear_login {
+            add_cookie(&mut r, &self.cookies.clear(Kind::Login));
+        }
         r
     }
 
@@ -313,8 +323,9 @@ impl App {
         let login_cookie = self.cookie(req, Kind::Login)?;
         let fail = |code: &'static str, message: &str| {
             warn!(reason = code, "login failed");
+            // Whatever went wrong, this login attempt is over.
             let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
-            e.clear_cookies = false;
+            e.clear_login = true;
             e
         };
         let Some(login_cookie) = login_cookie else {
@@ -337,7 +348,13 @@ impl App {
             warn!(error = %e, "code exchange failed");
             match e {
                 crate::oidc::OidcError::Unavailable(_) => {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "provider_unavailable", "the provider could not be reached")
+                    let mut e = ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "provider_unavailable",
+                        "the provider could not be reached",
+                    );
+                    e.clear_login = true;
+                    e
                 }
                 _ => fail("login_rejected", "the provider's response was not valid"),
             }

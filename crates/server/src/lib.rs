@@ -54,20 +54,29 @@ pub struct Running {
     pub idp: Option<DevIdp>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting connections, lets requests in flight finish, and waits.
+    /// Stops accepting connections, lets requests in flight finish, stops the background tasks, flushes
+    /// the store and waits, so the data folder can be opened again.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = self.task.await;
+        self.wait().await;
     }
 
-    /// Waits until the server stops (after a signal passed to [`start_with_shutdown`]).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Waits until the server stops (after a signal passed to [`start_with_shutdown`]), then winds down.
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+        self.app.service.stop_background();
+        for t in self.background.drain(..) {
+            let _ = t.await;
+        }
+        if let Err(e) = self.app.service.store.flush().await {
+            tracing::warn!(error = %e, "final flush failed");
+        }
     }
 }
 
@@ -186,7 +195,7 @@ pub async fn start_with_shutdown(
         demo: settings.demo,
     });
     let _ = cell.set(app.clone());
-    service.spawn_background();
+    let background = service.spawn_background();
     tracing::info!(%addr, %public_url, "bff-session listening");
-    Ok(Running { addr, public_url, app, idp, shutdown: Some(tx), task })
+    Ok(Running { addr, public_url, app, idp, shutdown: Some(tx), task, background })
 }

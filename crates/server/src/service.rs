@@ -67,6 +67,8 @@ pub struct Service {
     /// Tickets in flight in this process, so concurrent requests wait for the one refresh.
     inflight: tokio::sync::Mutex<HashMap<SessionKey, watch::Receiver<bool>>>,
     refresh_timeout: Duration,
+    /// Set when the server stops; the background tasks end on it.
+    stopping: watch::Sender<bool>,
 }
 
 impl fmt::Debug for Service {
@@ -100,6 +102,7 @@ impl Service {
             metrics: Metrics::default(),
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
+            stopping: watch::channel(false).0,
         }
     }
 
@@ -206,7 +209,7 @@ impl Service {
             }
         };
         let key = id.key();
-        let mut applied = self.apply(key, |s, now, p| lifecycle::authenticate(s, now, p)).await?;
+        let mut applied = self.apply(key, lifecycle::authenticate).await?;
         if let Ok(auth) = &applied.outcome
             && auth.touch_due
         {
@@ -436,27 +439,41 @@ impl Service {
         Ok(n)
     }
 
-    /// Runs the background refresher and the sweeper until the process ends.
-    pub fn spawn_background(self: &Arc<Self>) {
+    /// Runs the background refresher and the sweeper until [`Service::stop_background`].
+    pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let interval = self.policy.background_interval;
         let refresher = self.clone();
-        tokio::spawn(async move {
+        let mut stop = self.stopping.subscribe();
+        let a = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(jittered(interval)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(interval)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
                 if let Err(e) = refresher.refresh_due(8).await {
                     warn!(error = %e, "background refresh pass failed");
                 }
             }
         });
         let sweeper = self.clone();
-        tokio::spawn(async move {
+        let mut stop = self.stopping.subscribe();
+        let b = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(jittered(interval)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(interval)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
                 if let Err(e) = sweeper.sweep().await {
                     warn!(error = %e, "sweep failed");
                 }
             }
         });
+        vec![a, b]
+    }
+
+    /// Ends the background tasks after their current pass.
+    pub fn stop_background(&self) {
+        let _ = self.stopping.send(true);
     }
 }
 

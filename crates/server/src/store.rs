@@ -136,8 +136,13 @@ impl Store {
         })
     }
 
+    /// Records held, tombstones included.
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
     }
 
     /// The record under `key`.
