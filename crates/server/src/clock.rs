@@ -30,6 +30,16 @@ impl Clock {
         Timestamp::from_millis(u64::try_from(shifted).unwrap_or(0))
     }
 
+    /// Sets the test clock to `at`. Refused outside test mode.
+    pub fn set(&self, at: Timestamp) -> Option<Timestamp> {
+        if !self.test_mode {
+            return None;
+        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        self.offset_ms.store(i64::try_from(at.as_millis()).unwrap_or(i64::MAX).saturating_sub(wall), Ordering::Relaxed);
+        Some(self.now())
+    }
+
     /// Moves the test clock forwards (or backwards, with a negative value). Refused outside test mode.
     pub fn advance(&self, millis: i64) -> Option<Timestamp> {
         if !self.test_mode {

@@ -493,17 +493,18 @@ impl App {
         Ok(no_store(json_response(StatusCode::OK, &json!({ "ended": ended }))))
     }
 
+    /// `{"advance_ms": N}` moves the clock by N ms (negative goes back); `{"set_ms": T}` sets it to T.
     fn test_clock(&self, req: &Req) -> Result<Response, ApiError> {
-        let body: serde_json::Value = serde_json::from_slice(&req.body)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("expected JSON: {e}")))?;
-        let ms = body["advance_ms"]
-            .as_i64()
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "advance_ms must be an integer"))?;
-        let now = self
-            .service
-            .clock
-            .advance(ms)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))?;
+        let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", m.to_owned());
+        let body: serde_json::Value =
+            serde_json::from_slice(&req.body).map_err(|e| invalid(&format!("expected JSON: {e}")))?;
+        let clock = &self.service.clock;
+        let now = match (body["advance_ms"].as_i64(), body["set_ms"].as_u64()) {
+            (Some(ms), None) => clock.advance(ms),
+            (None, Some(at)) => clock.set(bff_session_core::Timestamp::from_millis(at)),
+            _ => return Err(invalid("give exactly one of advance_ms (integer) or set_ms (non-negative integer)")),
+        };
+        let now = now.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))?;
         Ok(json_response(StatusCode::OK, &json!({ "now_ms": now.as_millis() })))
     }
 

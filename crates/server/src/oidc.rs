@@ -222,11 +222,15 @@ impl Oidc {
             other => OidcError::Unavailable(format!("token endpoint: {other}")),
         })?;
         let id_token = response.id_token().ok_or_else(|| OidcError::Rejected("no id_token in response".into()))?;
-        let verifier = self.client.id_token_verifier().set_time_fn({
-            // Allow the configured skew on both sides of the provider's clock.
-            let skew = chrono_like_skew(self.skew);
-            move || openidconnect_now() - skew
-        });
+        let skew = chrono_like_skew(self.skew);
+        // The configured skew on both sides of the provider's clock: an expired token is accepted only within
+        // it, and a token issued in the future only within it.
+        let verifier =
+            self.client.id_token_verifier().set_time_fn(move || openidconnect_now() - skew).set_issue_time_verifier_fn(
+                move |iat| {
+                    if iat > openidconnect_now() + skew { Err("issued in the future".to_owned()) } else { Ok(()) }
+                },
+            );
         let claims = id_token
             .claims(&verifier, &Nonce::new(nonce.to_owned()))
             .map_err(|e| OidcError::Rejected(format!("id_token: {e}")))?;

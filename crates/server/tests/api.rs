@@ -51,6 +51,17 @@ async fn requests_without_a_valid_session_get_401_with_the_reason() {
     b.jar.insert("bff-session".into(), "A".repeat(43));
     assert_eq!(b.get("/auth/session").await.error(), "unknown_session");
     assert_eq!(b.get("/api/x").await.status, StatusCode::UNAUTHORIZED);
+    b.jar.clear();
+    for (method, path) in [
+        (Method::GET, "/auth/sessions"),
+        (Method::POST, "/auth/logout"),
+        (Method::POST, "/auth/logout-all"),
+        (Method::DELETE, "/auth/sessions/x"),
+    ] {
+        let r = b.send(method, path, &[], None).await;
+        assert_eq!((r.status, r.error().as_str()), (StatusCode::UNAUTHORIZED, "no_session"), "{path}");
+        assert_eq!(r.headers.get("content-type").unwrap(), "application/json");
+    }
 }
 
 #[tokio::test]
@@ -457,6 +468,18 @@ async fn health_metrics_and_unknown_routes() {
 }
 
 #[tokio::test]
+async fn the_test_clock_can_be_set_and_refuses_bad_bodies() {
+    let server = Server::start().await;
+    let mut b = server.browser();
+    let r = b.send(Method::POST, "/__test/clock", &[], Some(r#"{"set_ms": 4102444800000}"#.into())).await;
+    assert_eq!(r.json()["now_ms"].as_u64().unwrap() / 1000, 4_102_444_800);
+    for bad in ["", "{}", r#"{"advance_ms": "soon"}"#, r#"{"advance_ms": 1, "set_ms": 2}"#] {
+        let r = b.send(Method::POST, "/__test/clock", &[], Some(bad.into())).await;
+        assert_eq!((r.status, r.error().as_str()), (StatusCode::BAD_REQUEST, "invalid_body"), "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn the_test_clock_exists_only_in_test_mode() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -465,6 +488,8 @@ async fn the_test_clock_exists_only_in_test_mode() {
     let running = bff_session_server::start(settings).await.unwrap();
     let mut b = Browser::new(&format!("http://127.0.0.1:{port}"));
     let r = b.send(Method::POST, "/__test/clock", &[], Some(r#"{"advance_ms": 1}"#.into())).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = b.send(Method::POST, "/__test/clock", &[], Some(r#"{"set_ms": 1}"#.into())).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     running.stop().await;
 }
