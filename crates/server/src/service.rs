@@ -441,34 +441,31 @@ impl Service {
 
     /// Runs the background refresher and the sweeper until [`Service::stop_background`].
     pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let interval = self.policy.background_interval;
-        let refresher = self.clone();
+        vec![
+            self.every("background refresh", |s| async move { s.refresh_due(8).await }),
+            self.every("sweep", |s| async move { s.sweep().await }),
+        ]
+    }
+
+    /// Runs `pass` every background interval (jittered) until the service stops.
+    fn every<F, Fut>(self: &Arc<Self>, what: &'static str, pass: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<usize, ServiceError>> + Send,
+    {
+        let service = self.clone();
         let mut stop = self.stopping.subscribe();
-        let a = tokio::spawn(async move {
+        tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(jittered(interval)) => {}
+                    () = tokio::time::sleep(jittered(service.policy.background_interval)) => {}
                     _ = stop.wait_for(|s| *s) => return,
                 }
-                if let Err(e) = refresher.refresh_due(8).await {
-                    warn!(error = %e, "background refresh pass failed");
+                if let Err(e) = pass(service.clone()).await {
+                    warn!(error = %e, "{what} pass failed");
                 }
             }
-        });
-        let sweeper = self.clone();
-        let mut stop = self.stopping.subscribe();
-        let b = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(jittered(interval)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                if let Err(e) = sweeper.sweep().await {
-                    warn!(error = %e, "sweep failed");
-                }
-            }
-        });
-        vec![a, b]
+        })
     }
 
     /// Ends the background tasks after their current pass.
