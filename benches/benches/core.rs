@@ -32,7 +32,13 @@ fn new_session(n: u64, oidc: Option<Duration>) -> NewSession {
     let login = match oidc {
         None => Login::Local,
         Some(expires_in) => Login::Oidc {
-            identity: OidcIdentity { iss: "https://idp".into(), sub: format!("sub{}", n % 1000), sid: None },
+            identity: OidcIdentity {
+                iss: "https://idp".into(),
+                sub: format!("sub{}", n % 1000),
+                sid: None,
+                name: None,
+                email: None,
+            },
             grant: grant(expires_in),
         },
     };

@@ -194,6 +194,27 @@ pub fn create(new: &NewSession, now: Timestamp, policy: &Policy) -> Transition<S
     Transition::new(session, effects)
 }
 
+/// What [`authenticate`] would answer, without changing anything: for shells that read a record and only
+/// need to write when something changes. `Err(Refusal::Expired(_))` on an active session means
+/// [`authenticate`] would expire it now.
+pub fn check(s: &Session, now: Timestamp, policy: &Policy) -> Result<Authenticated, Refusal> {
+    match s.state {
+        State::Expired { reason, .. } => Err(Refusal::Expired(reason)),
+        State::Revoked { reason, .. } => Err(Refusal::Revoked(reason)),
+        State::Active => match s.expired_at(now, policy) {
+            Some(reason) => Err(Refusal::Expired(reason)),
+            None => Ok(Authenticated {
+                key: s.key,
+                version: s.version,
+                touch_due: s.touch_due(now, policy),
+                refresh_due: s.refresh_due(now, policy),
+                absolute_deadline: s.absolute_deadline,
+                idle_deadline: s.idle_deadline(policy),
+            }),
+        },
+    }
+}
+
 /// Checks an admitted request's session. A session found past a deadline expires here and then.
 pub fn authenticate(
     session: Option<&mut Session>,
@@ -203,14 +224,14 @@ pub fn authenticate(
     let mut effects = Vec::new();
     let outcome = match session {
         None => Err(Refusal::Unknown),
-        Some(s) => ensure_live(s, now, policy, &mut effects).map(|()| Authenticated {
-            key: s.key,
-            version: s.version,
-            touch_due: s.touch_due(now, policy),
-            refresh_due: s.refresh_due(now, policy),
-            absolute_deadline: s.absolute_deadline,
-            idle_deadline: s.idle_deadline(policy),
-        }),
+        Some(s) => {
+            let outcome = check(s, now, policy);
+            if matches!(outcome, Err(Refusal::Expired(_))) && s.is_active() {
+                // The same deadline check, now with its effect: the session ends as expired.
+                let _ = ensure_live(s, now, policy, &mut effects);
+            }
+            outcome
+        }
     };
     if outcome.is_err() {
         effects.push(Effect::ClearCookies);

@@ -45,7 +45,8 @@ pub enum Provider {
     Oidc(OidcIdentity),
 }
 
-/// The provider's names for the user and their provider-side session, used by back-channel logout.
+/// The provider's names for the user and their provider-side session, used by back-channel logout, and the
+/// display claims the ID token carried at login.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct OidcIdentity {
@@ -53,6 +54,10 @@ pub struct OidcIdentity {
     pub sub: String,
     /// The provider's session ID (`sid` claim), when it sends one.
     pub sid: Option<String>,
+    /// `name`, for display only.
+    pub name: Option<String>,
+    /// `email`, for display only.
+    pub email: Option<String>,
 }
 
 /// What the session knows about the browser that created it.

@@ -39,7 +39,13 @@ fn oidc(n: u8, expires_in: Option<Duration>) -> NewSession {
         id: id(n),
         user: UserId::new("alice"),
         login: Login::Oidc {
-            identity: OidcIdentity { iss: "https://idp".into(), sub: "alice".into(), sid: Some("s1".into()) },
+            identity: OidcIdentity {
+                iss: "https://idp".into(),
+                sub: "alice".into(),
+                sid: Some("s1".into()),
+                name: None,
+                email: None,
+            },
             grant: grant(expires_in, Some("rt-1")),
         },
         device: Device::default(),

@@ -70,6 +70,9 @@ pub struct Common {
     /// Enable POST /__test/clock to move the server's clock. Never in production.
     #[arg(long, env = "BFF_SESSION_TEST_CLOCK")]
     pub test_clock: bool,
+    /// Memory for sled's page cache, in MiB.
+    #[arg(long, env = "BFF_SESSION_CACHE_MB", default_value_t = 256)]
+    pub cache_mb: u64,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +141,8 @@ pub struct Settings {
     pub scopes: Vec<String>,
     pub upstream: Upstream,
     pub demo: bool,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -225,6 +230,7 @@ impl Common {
             scopes,
             upstream,
             demo,
+            cache_bytes: self.cache_mb.saturating_mul(1 << 20),
         })
     }
 }

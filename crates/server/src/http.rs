@@ -25,7 +25,6 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::login::{self, PendingLogin};
-use crate::oidc::jwt_payload;
 use crate::service::{Service, ServiceError, new_session_id};
 
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -39,6 +38,31 @@ mod subtle_eq {
         let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
         x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
     }
+}
+
+/// The body of `GET /auth/session`. Times are milliseconds since the Unix epoch.
+#[derive(serde::Serialize)]
+struct SessionBody<'a> {
+    user: UserBody<'a>,
+    session: SessionTimes,
+    csrf_token: String,
+}
+
+#[derive(serde::Serialize)]
+struct UserBody<'a> {
+    sub: &'a str,
+    name: Option<&'a str>,
+    email: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct SessionTimes {
+    handle: String,
+    created_at: u64,
+    last_used_at: u64,
+    absolute_deadline: u64,
+    idle_deadline: Option<u64>,
+    access_token_expires_at: Option<u64>,
 }
 
 /// Everything the handlers need that is not per request.
@@ -273,7 +297,7 @@ impl App {
     }
 
     /// The request's live session, or the refusal. `method` decides whether a CSRF proof is required.
-    async fn authenticated(&self, req: &Req) -> Result<(Session, SessionId), ApiError> {
+    async fn authenticated(&self, req: &Req) -> Result<(Arc<Session>, SessionId), ApiError> {
         let cookie = self.cookie(req, Kind::Session)?;
         let request = AuthRequest {
             cookie: cookie.as_deref(),
@@ -386,21 +410,24 @@ impl App {
 
     async fn session(&self, req: &Req) -> Result<Response, ApiError> {
         let (s, id) = self.authenticated(req).await?;
-        let profile = s.tokens().and_then(|t| t.id_token.as_ref()).and_then(|t| jwt_payload(t.expose()));
-        let claim = |name: &str| profile.as_ref().and_then(|p| p[name].as_str().map(str::to_owned));
-        let body = json!({
-            "user": { "sub": s.user().as_str(), "name": claim("name"), "email": claim("email") },
-            "session": {
-                "handle": s.handle().to_string(),
-                "created_at": iso(s.created_at()),
-                "last_used_at": iso(s.last_used_at()),
-                "absolute_deadline": iso(s.absolute_deadline()),
-                "idle_deadline": s.idle_deadline(&self.service.policy).map(iso),
-                "access_token_expires_at": s.tokens().map(|t| iso(t.access_expires_at)),
+        let oidc = s.oidc();
+        let body = SessionBody {
+            user: UserBody {
+                sub: s.user().as_str(),
+                name: oidc.and_then(|o| o.name.as_deref()),
+                email: oidc.and_then(|o| o.email.as_deref()),
             },
-            "csrf_token": csrf::proof_for(&id),
-        });
-        Ok(no_store(json_response(StatusCode::OK, &body)))
+            session: SessionTimes {
+                handle: s.handle().to_string(),
+                created_at: s.created_at().as_millis(),
+                last_used_at: s.last_used_at().as_millis(),
+                absolute_deadline: s.absolute_deadline().as_millis(),
+                idle_deadline: s.idle_deadline(&self.service.policy).map(|t| t.as_millis()),
+                access_token_expires_at: s.tokens().map(|t| t.access_expires_at.as_millis()),
+            },
+            csrf_token: csrf::proof_for(&id),
+        };
+        Ok(no_store(warp::reply::json(&body).into_response()))
     }
 
     async fn logout(&self, req: &Req) -> Result<Response, ApiError> {

@@ -5,21 +5,44 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-const BUCKETS_MS: [f64; 10] = [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0];
+const BUCKETS_US: [u64; 10] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
+/// The routes latencies are kept for; `observe` on any other name counts as "other".
+pub const ROUTES: [&str; 16] = [
+    "healthz",
+    "metrics",
+    "login",
+    "callback",
+    "session",
+    "logout",
+    "logout_all",
+    "sessions",
+    "end_session",
+    "backchannel",
+    "api",
+    "test_clock",
+    "demo",
+    "echo",
+    "other",
+    "starting",
+];
+
+/// A latency histogram of atomics: every request records one, so it must not take a lock.
 #[derive(Default)]
 struct Histogram {
-    buckets: [u64; BUCKETS_MS.len()],
-    count: u64,
-    sum_ms: f64,
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
 }
 
 #[derive(Default)]
 pub struct Metrics {
+    /// Rare events (sessions created and ended, refreshes): a lock is fine.
     counters: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
-    latencies: Mutex<BTreeMap<&'static str, Histogram>>,
+    latencies: [Histogram; ROUTES.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -37,16 +60,14 @@ impl Metrics {
     }
 
     pub fn observe(&self, route: &'static str, elapsed: Duration) {
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        if let Ok(mut l) = self.latencies.lock() {
-            let h = l.entry(route).or_default();
-            h.count += 1;
-            h.sum_ms += ms;
-            for (i, bound) in BUCKETS_MS.iter().enumerate() {
-                if ms <= *bound {
-                    h.buckets[i] += 1;
-                }
-            }
+        let index = ROUTES.iter().position(|r| *r == route).unwrap_or(ROUTES.len() - 2);
+        let h = &self.latencies[index];
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_us.fetch_add(us, Ordering::Relaxed);
+        // Buckets are cumulative in the exposition; store the first bucket that holds it.
+        if let Some(i) = BUCKETS_US.iter().position(|b| us <= *b) {
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -67,21 +88,23 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
             }
         }
-        if let Ok(l) = self.latencies.lock() {
-            let _ = writeln!(out, "# TYPE bff_request_duration_seconds histogram");
-            for (route, h) in l.iter() {
-                for (bound, n) in BUCKETS_MS.iter().zip(h.buckets) {
-                    let _ = writeln!(
-                        out,
-                        "bff_request_duration_seconds_bucket{{route=\"{route}\",le=\"{}\"}} {n}",
-                        bound / 1000.0
-                    );
-                }
-                let _ =
-                    writeln!(out, "bff_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "bff_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_ms / 1000.0);
-                let _ = writeln!(out, "bff_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+        let _ = writeln!(out, "# TYPE bff_request_duration_seconds histogram");
+        for (route, h) in ROUTES.iter().zip(&self.latencies) {
+            let count = h.count.load(Ordering::Relaxed);
+            if count == 0 {
+                continue;
             }
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS_US.iter().zip(&h.buckets) {
+                cumulative += n.load(Ordering::Relaxed);
+                let le = *bound as f64 / 1e6;
+                let _ =
+                    writeln!(out, "bff_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "bff_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}");
+            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "bff_request_duration_seconds_sum{{route=\"{route}\"}} {sum}");
+            let _ = writeln!(out, "bff_request_duration_seconds_count{{route=\"{route}\"}} {count}");
         }
         out
     }

@@ -237,8 +237,13 @@ impl Oidc {
         let sid = jwt_payload(&id_token.to_string()).and_then(|v| v["sid"].as_str().map(str::to_owned));
         let name = claims.name().and_then(|n| n.get(None)).map(|n| n.as_str().to_owned());
         let email = claims.email().map(|e| e.as_str().to_owned());
-        let identity =
-            OidcIdentity { iss: claims.issuer().as_str().to_owned(), sub: claims.subject().as_str().to_owned(), sid };
+        let identity = OidcIdentity {
+            iss: claims.issuer().as_str().to_owned(),
+            sub: claims.subject().as_str().to_owned(),
+            sid,
+            name: name.clone(),
+            email: email.clone(),
+        };
         let grant = TokenGrant {
             access_token: Secret::new(response.access_token().secret().clone()),
             expires_in: response.expires_in(),

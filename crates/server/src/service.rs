@@ -53,7 +53,7 @@ impl From<StoreError> for ServiceError {
 pub struct Applied<T> {
     pub outcome: T,
     pub effects: Vec<Effect>,
-    pub session: Option<Session>,
+    pub session: Option<Arc<Session>>,
 }
 
 const MAX_ATTEMPTS: usize = 8;
@@ -106,11 +106,23 @@ impl Service {
         }
     }
 
-    /// Runs `f` on the record under `key` and stores the result, retrying on concurrent writes.
+    /// Runs `f` on the record under `key` and stores the result, retrying on concurrent writes. Durable
+    /// writes are on disk when this returns.
     pub async fn apply<T>(
         self: &Arc<Self>,
         key: SessionKey,
         f: impl Fn(Option<&mut Session>, Timestamp, &Policy) -> Transition<T>,
+    ) -> Result<Applied<T>, ServiceError> {
+        self.apply_with(key, f, true).await
+    }
+
+    /// [`Service::apply`], leaving the flush of durable writes to the caller when `flush` is false (a sweep
+    /// flushes once per pass: nobody waits on an expiry).
+    async fn apply_with<T>(
+        self: &Arc<Self>,
+        key: SessionKey,
+        f: impl Fn(Option<&mut Session>, Timestamp, &Policy) -> Transition<T>,
+        flush: bool,
     ) -> Result<Applied<T>, ServiceError> {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
@@ -122,32 +134,32 @@ impl Service {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let mut current = previous.clone();
+            let mut current: Option<Session> = previous.as_deref().cloned();
             let t = f(current.as_mut(), now, &self.policy);
             if let (Some(new), true) =
-                (&current, current.as_ref().map(Session::version) != previous.as_ref().map(Session::version))
+                (&current, current.as_ref().map(Session::version) != previous.as_deref().map(Session::version))
             {
-                match self.store.put(previous.as_ref(), new) {
+                match self.store.put(previous.as_deref(), new) {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
                 }
-                if previous.as_ref().is_some_and(Session::is_active)
+                if previous.as_deref().is_some_and(Session::is_active)
                     && let Some((metric, reason)) = ended_reason(new)
                 {
                     self.metrics.inc(metric, "reason", reason);
                     info!(session = %key, reason, "session ended");
                 }
             }
-            self.carry_out(&t.effects).await?;
-            return Ok(Applied { outcome: t.outcome, effects: t.effects, session: current });
+            self.carry_out(&t.effects, flush).await?;
+            return Ok(Applied { outcome: t.outcome, effects: t.effects, session: current.map(Arc::new) });
         }
         Err(ServiceError::Store(StoreError::Conflict))
     }
 
     /// The effects that are not the HTTP layer's: durability and revocation at the provider.
-    async fn carry_out(self: &Arc<Self>, effects: &[Effect]) -> Result<(), ServiceError> {
-        if effects.iter().any(|e| matches!(e, Effect::Persist { durability: Durability::Durable, .. })) {
+    async fn carry_out(self: &Arc<Self>, effects: &[Effect], flush: bool) -> Result<(), ServiceError> {
+        if flush && effects.iter().any(|e| matches!(e, Effect::Persist { durability: Durability::Durable, .. })) {
             self.store.flush().await?;
         }
         for effect in effects {
@@ -183,14 +195,14 @@ impl Service {
         }
         let t = lifecycle::create(new, self.clock.now(), &self.policy);
         self.store.put(None, &t.outcome)?;
-        self.carry_out(&t.effects).await?;
+        self.carry_out(&t.effects, true).await?;
         self.metrics.inc(
             "bff_sessions_created_total",
             "provider",
             if t.outcome.oidc().is_some() { "oidc" } else { "local" },
         );
         info!(session = %t.outcome.key(), "session created");
-        Ok(Applied { outcome: t.outcome.key(), effects: t.effects, session: Some(t.outcome) })
+        Ok(Applied { outcome: t.outcome.key(), effects: t.effects, session: Some(Arc::new(t.outcome)) })
     }
 
     /// Checks a request's session and records its use when a touch is due.
@@ -209,6 +221,13 @@ impl Service {
             }
         };
         let key = id.key();
+        // Most requests change nothing: read, let core check, and answer without copying or writing.
+        if let Ok(Some(session)) = self.store.get(&key)
+            && let Ok(auth) = lifecycle::check(&session, self.clock.now(), &self.policy)
+            && !auth.touch_due
+        {
+            return Ok(Applied { outcome: Ok(auth), effects: Vec::new(), session: Some(session) });
+        }
         let mut applied = self.apply(key, lifecycle::authenticate).await?;
         if let Ok(auth) = &applied.outcome
             && auth.touch_due
@@ -234,7 +253,7 @@ impl Service {
         self: &Arc<Self>,
         key: SessionKey,
         trigger: Trigger,
-    ) -> Result<Result<Session, Refusal>, ServiceError> {
+    ) -> Result<Result<Arc<Session>, Refusal>, ServiceError> {
         let deadline = tokio::time::Instant::now() + self.refresh_timeout + Duration::from_secs(5);
         loop {
             let mut inflight = self.inflight.lock().await;
@@ -355,7 +374,7 @@ impl Service {
     }
 
     /// The user's active sessions.
-    pub fn sessions_of(&self, user: &str) -> Result<Vec<Session>, ServiceError> {
+    pub fn sessions_of(&self, user: &str) -> Result<Vec<Arc<Session>>, ServiceError> {
         let mut out = Vec::new();
         for key in self.store.keys_of_user(user)? {
             match self.store.get(&key) {
@@ -365,7 +384,7 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         }
-        out.sort_by_key(Session::created_at);
+        out.sort_by_key(|s| s.created_at());
         Ok(out)
     }
 
@@ -380,11 +399,11 @@ impl Service {
                     Err(e) => return Err(e.into()),
                 },
                 Ok(Some(s)) if s.is_active() && s.expired_at(now, &self.policy).is_some() => {
-                    self.apply(key, |s, now, p| match s {
+                    let expire = |s: Option<&mut Session>, now, p: &Policy| match s {
                         Some(s) => lifecycle::expire_if_due(s, now, p),
                         None => Transition { outcome: None, effects: Vec::new() },
-                    })
-                    .await?;
+                    };
+                    self.apply_with(key, expire, false).await?;
                     done += 1;
                 }
                 Ok(Some(_)) => {}
@@ -398,6 +417,8 @@ impl Service {
             }
         }
         self.sweep_logins(now);
+        // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline. sled
+        // flushes on its own every half second.
         Ok(done)
     }
 

@@ -6,8 +6,10 @@
 //! index changes, so a stale write can never overwrite a newer one or bring back a revoked session. It never
 //! decides anything about a session: the transitions come from core.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use bff_session_core::record::{self, DecodeError};
 use bff_session_core::{Policy, Session, SessionKey, Timestamp};
@@ -59,7 +61,13 @@ pub struct Store {
     pub(crate) jtis: Tree,
     sealer: TokenSealer,
     policy: Policy,
+    /// Decoded records by key and version. Every `get` still reads sled and compares the version, so an
+    /// entry is used only while it is exactly what is stored; it saves the decode and the token decryption.
+    decoded: RwLock<HashMap<SessionKey, (u64, Arc<Session>)>>,
 }
+
+/// Decoded records kept, at most (about 2.5 KB each).
+const DECODED_CAPACITY: usize = 10_000;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,8 +128,9 @@ fn keys_from(tree: &Tree, prefix: &[u8]) -> Result<Vec<SessionKey>, StoreError> 
 }
 
 impl Store {
-    pub fn open(path: &Path, sealer: TokenSealer, policy: Policy) -> Result<Self, StoreError> {
-        let db = sled::open(path)?;
+    /// Opens (or creates) the store. sled's page cache is bounded at `cache_bytes`.
+    pub fn open(path: &Path, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
         Ok(Self {
             sessions: db.open_tree("sessions")?,
             schedule: db.open_tree("schedule")?,
@@ -133,6 +142,7 @@ impl Store {
             db,
             sealer,
             policy,
+            decoded: RwLock::new(HashMap::new()),
         })
     }
 
@@ -146,10 +156,27 @@ impl Store {
     }
 
     /// The record under `key`.
-    pub fn get(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+    pub fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(bytes) = self.sessions.get(key.as_bytes())? else { return Ok(None) };
+        let version = version_of(&bytes);
+        if let Ok(cache) = self.decoded.read()
+            && let Some((v, s)) = cache.get(key)
+            && *v == version
+        {
+            return Ok(Some(s.clone()));
+        }
         let body = bytes.get(8..).unwrap_or_default();
-        record::decode(body, &self.sealer).map(Some).map_err(|error| StoreError::Corrupt { key: *key, error })
+        let session =
+            Arc::new(record::decode(body, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?);
+        if let Ok(mut cache) = self.decoded.write() {
+            if cache.len() >= DECODED_CAPACITY
+                && let Some(evict) = cache.keys().next().copied()
+            {
+                cache.remove(&evict);
+            }
+            cache.insert(*key, (version, session.clone()));
+        }
+        Ok(Some(session))
     }
 
     /// Writes `new` if the stored record is still `previous` (compare-and-swap on the version), updating

@@ -315,7 +315,13 @@ impl Model {
                             refresh_expires: rt.as_ref().and(o.refresh_expires_in).map(|d| now.saturating_add(d)),
                             refresh_token: rt,
                         };
-                        let identity = OidcIdentity { iss: ISS.into(), sub: sub.clone(), sid: sid.clone() };
+                        let identity = OidcIdentity {
+                            iss: ISS.into(),
+                            sub: sub.clone(),
+                            sid: sid.clone(),
+                            name: None,
+                            email: None,
+                        };
                         (Login::Oidc { identity, grant }, Some(sub), sid, Some(tokens))
                     }
                 };

@@ -38,6 +38,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         scopes: ["openid", "profile", "email", "offline_access"].map(String::from).to_vec(),
         upstream: Upstream::Echo,
         demo: true,
+        cache_bytes: 64 << 20,
     }
 }
 

@@ -1,0 +1,112 @@
+//! The server's storage path: sled get, compare-and-swap update, durable revoke, record encode/decode and
+//! token sealing.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bff_session_core::lifecycle::{self, Login, NewSession};
+use bff_session_core::record;
+use bff_session_core::record::Sealer as _;
+use bff_session_core::{
+    Device, OidcIdentity, Policy, RevocationReason, Secret, SessionId, Timestamp, TokenGrant, UserId,
+};
+use bff_session_server::seal::TokenSealer;
+use bff_session_server::store::Store;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+fn new_session(n: u64) -> NewSession {
+    let mut bytes = [0x33; 32];
+    bytes[..8].copy_from_slice(&n.to_le_bytes());
+    NewSession {
+        id: SessionId::from_random_bytes(bytes),
+        user: UserId::new(format!("user{}", n % 1000)),
+        login: Login::Oidc {
+            identity: OidcIdentity {
+                iss: "https://idp".into(),
+                sub: format!("user{}", n % 1000),
+                sid: Some(format!("sid{n}")),
+                name: None,
+                email: None,
+            },
+            grant: TokenGrant {
+                access_token: Secret::new("a".repeat(800)),
+                expires_in: Some(Duration::from_secs(300)),
+                refresh_token: Some(Secret::new("r".repeat(64))),
+                refresh_expires_in: None,
+                id_token: Some(Secret::new("i".repeat(900))),
+            },
+        },
+        device: Device {
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
+            client_ip: Some([10, 0, 0, 1].into()),
+        },
+    }
+}
+
+fn store(dir: &std::path::Path, n: u64) -> Store {
+    let s = Store::open(dir, TokenSealer::from_key([7; 32]), Policy::hardened(), 256 << 20).unwrap();
+    for i in 0..n {
+        s.put(None, &lifecycle::create(&new_session(i), T0, &Policy::hardened()).outcome).unwrap();
+    }
+    s
+}
+
+fn storage(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path(), 10_000);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let policy = Policy::hardened();
+    let keys: Vec<_> = (0..10_000).map(|i| new_session(i).id.key()).collect();
+    let mut i = 0usize;
+    c.bench_function("store/get_10k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            black_box(s.get(&keys[i]).unwrap())
+        })
+    });
+    let key = keys[42];
+    let mut now = T0;
+    c.bench_function("store/cas_touch", |b| {
+        b.iter(|| {
+            let previous = s.get(&key).unwrap().unwrap();
+            let mut next = previous.clone();
+            now = now.saturating_add(policy.touch_interval);
+            let _ = lifecycle::touch(&mut next, now, &policy);
+            s.put(Some(&previous), &next).unwrap();
+        })
+    });
+    let mut n = 1_000_000u64;
+    let mut group = c.benchmark_group("store");
+    group.sample_size(20);
+    group.bench_function("durable_revoke", |b| {
+        b.iter(|| {
+            n += 1;
+            let created = lifecycle::create(&new_session(n), T0, &policy).outcome;
+            s.put(None, &created).unwrap();
+            let mut revoked = created.clone();
+            let _ = lifecycle::revoke(&mut revoked, RevocationReason::Logout, T0, &policy);
+            s.put(Some(&created), &revoked).unwrap();
+            rt.block_on(s.flush()).unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let sealer = TokenSealer::from_key([9; 32]);
+    let session = lifecycle::create(&new_session(1), T0, &Policy::hardened()).outcome;
+    let bytes = record::encode(&session, &sealer);
+    c.bench_function("record/encode_sealed", |b| b.iter(|| black_box(record::encode(black_box(&session), &sealer))));
+    c.bench_function("record/decode_sealed", |b| {
+        b.iter(|| black_box(record::decode(black_box(&bytes), &sealer).unwrap()))
+    });
+    let tokens = vec![0x61u8; 1800];
+    let sealed = sealer.seal(&tokens, b"context");
+    c.bench_function("seal/seal_1800B", |b| b.iter(|| black_box(sealer.seal(black_box(&tokens), b"context"))));
+    c.bench_function("seal/open_1800B", |b| b.iter(|| black_box(sealer.open(black_box(&sealed), b"context").unwrap())));
+}
+
+criterion_group!(benches, storage, codec);
+criterion_main!(benches);

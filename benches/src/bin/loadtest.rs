@@ -1,0 +1,338 @@
+//! HTTP load and scale measurements for BENCHMARKS.md, all in one run on 127.0.0.1:
+//!
+//! - (a) a bare warp handler returning the same JSON as `/auth/session`, (b) `GET /auth/session` with a valid
+//!   session, (c) `GET /api/...` through the proxy to an in-process upstream, (d) that upstream directly;
+//!   each loaded with wrk for the same duration and connections.
+//! - durable logout latency while (b) is under load.
+//! - the server with 1,000 and 1,000,000 sessions loaded through the store: authenticate latency, resident
+//!   memory, disk size, one background tick with 100 due sessions, and sweeping every session once expired.
+//!
+//! Prints one JSON object; `cargo xtask bench` turns it into BENCHMARKS.md.
+
+use std::path::Path;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bff_session_core::client_ip::TrustedProxies;
+use bff_session_core::lifecycle::{self, AuthRequest, Login, Method, NewSession};
+use bff_session_core::{Device, OidcIdentity, Policy, Secret, SessionId, TokenGrant, UserId};
+use bff_session_server::config::{Provider, Settings, Upstream};
+use serde_json::{Value, json};
+use warp::Filter;
+
+const SESSION_JSON: &str = r#"{"csrf_token":"JqsiWFXMvOnl-_CIk5ZBHlY6ywxVSZwXulYtItGxzXY","session":{"absolute_deadline":1796331142184,"access_token_expires_at":1795726462184,"created_at":1795726342184,"handle":"WjLkkJ68Gu7cFU_Bg25Rrw","idle_deadline":1795769542184,"last_used_at":1795726342184},"user":{"email":"bench@example.test","name":"Bench","sub":"bench"}}"#;
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn serve<F>(routes: F) -> std::net::SocketAddr
+where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+    addr
+}
+
+fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
+    Settings {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        public_url: Some(format!("http://127.0.0.1:{port}")),
+        data_dir: data.to_owned(),
+        key_file: None,
+        policy: Policy::hardened(),
+        trusted_proxies: TrustedProxies::none(),
+        refresh_timeout: Duration::from_secs(10),
+        test_clock: true,
+        provider: Provider::Embedded { access_token_ttl: Duration::from_secs(3600) },
+        scopes: ["openid", "profile", "email", "offline_access"].map(String::from).to_vec(),
+        upstream,
+        demo: false,
+        cache_bytes: 256 << 20,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Signs in through the embedded provider; returns the `Cookie` header and the CSRF proof.
+async fn login(base: &str, user: &str) -> (String, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let cookies = |r: &reqwest::Response| -> Vec<(String, String)> {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| {
+                v.to_str().ok()?.split(';').next()?.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned()))
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
+    };
+    let start = http.get(format!("{base}/auth/login?login_hint={user}")).send().await.unwrap();
+    let login_cookie = cookies(&start).into_iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    let authorize = http.get(start.headers()["location"].to_str().unwrap()).send().await.unwrap();
+    let callback = http
+        .get(authorize.headers()["location"].to_str().unwrap())
+        .header("cookie", login_cookie)
+        .send()
+        .await
+        .unwrap();
+    let set = cookies(&callback);
+    let csrf = set.iter().find(|(k, _)| k.ends_with("bff-csrf")).map(|(_, v)| v.clone()).unwrap_or_default();
+    let header =
+        set.iter().filter(|(k, _)| k.contains("bff-")).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    (header, csrf)
+}
+
+fn duration_ms(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// One wrk run: requests per second, p50 and p99 latency in ms.
+fn wrk(url: &str, cookie: Option<&str>, secs: u64, connections: u64) -> Value {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"]);
+    if let Some(c) = cookie {
+        cmd.args(["-H", &format!("Cookie: {c}")]);
+    }
+    let out = cmd.arg(url).output().expect("wrk runs (cargo xtask bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pick =
+        |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_owned));
+    let non2xx = pick("Non-2xx or 3xx responses:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    json!({
+        "rps": pick("Requests/sec:").and_then(|v| v.parse::<f64>().ok()),
+        "p50_ms": pick("50%").map(|v| duration_ms(&v)),
+        "p99_ms": pick("99%").map(|v| duration_ms(&v)),
+        "non_2xx": non2xx,
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn disk_mib(dir: &Path) -> f64 {
+    fn walk(p: &Path) -> u64 {
+        std::fs::read_dir(p).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+    }
+    walk(dir) as f64 / (1024.0 * 1024.0)
+}
+
+fn id(n: u64) -> SessionId {
+    let mut bytes = [0x42; 32];
+    bytes[..8].copy_from_slice(&n.to_le_bytes());
+    SessionId::from_random_bytes(bytes)
+}
+
+/// A session as a real login leaves it: OIDC, tokens of realistic sizes.
+fn new_session(n: u64) -> NewSession {
+    NewSession {
+        id: id(n),
+        user: UserId::new(format!("user{}", n % 100_000)),
+        login: Login::Oidc {
+            identity: OidcIdentity {
+                iss: "https://idp.example".into(),
+                sub: format!("user{}", n % 100_000),
+                sid: Some(format!("sid{n}")),
+                name: None,
+                email: None,
+            },
+            grant: TokenGrant {
+                access_token: Secret::new("a".repeat(800)),
+                expires_in: Some(Duration::from_secs(3600)),
+                refresh_token: Some(Secret::new("r".repeat(43))),
+                refresh_expires_in: None,
+                id_token: Some(Secret::new("i".repeat(900))),
+            },
+        },
+        device: Device {
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64) loadtest".into(),
+            client_ip: Some([10, 1, 2, 3].into()),
+        },
+    }
+}
+
+async fn scale(n: u64) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let running = bff_session_server::start(settings(dir.path(), port, Upstream::None)).await.unwrap();
+    let service = running.app.service.clone();
+    let policy = Policy::hardened();
+    let now = service.clock.now();
+    // 100 sessions created 7 days minus 10 minutes ago are due (absolute deadline) 10 minutes from now.
+    let early = now.saturating_sub(policy.absolute_lifetime - Duration::from_secs(600));
+    let started = Instant::now();
+    let store = &service.store;
+    let shared = &policy;
+    std::thread::scope(|scope| {
+        for part in 0..2u64 {
+            scope.spawn(move || {
+                for i in (part..n).step_by(2) {
+                    store.put(None, &lifecycle::create(&new_session(i), now, shared).outcome).unwrap();
+                }
+            });
+        }
+    });
+    for i in n..n + 100 {
+        store.put(None, &lifecycle::create(&new_session(i), early, &policy).outcome).unwrap();
+    }
+    store.flush().await.unwrap();
+    let load_s = started.elapsed().as_secs_f64();
+
+    // Authenticate random sessions, in process, one at a time.
+    let mut lat = Vec::with_capacity(20_000);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let cookie = id(x % n).encode();
+        let req = AuthRequest { cookie: Some(&cookie), method: Method::Safe, csrf_proof: None };
+        let t = Instant::now();
+        let applied = service.authenticate(&req).await.unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        assert!(applied.outcome.is_ok());
+    }
+    lat.sort_by(f64::total_cmp);
+    let rss = rss_mib();
+    let disk = disk_mib(dir.path());
+
+    // One background tick (refresher pass + sweeper pass) with the 100 early sessions due.
+    service.clock.advance(601_000);
+    let t = Instant::now();
+    let refreshed = service.refresh_due(8).await.unwrap();
+    let swept = service.sweep().await.unwrap();
+    let tick_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    // Everything expires: sweep until nothing is due.
+    service.clock.advance(policy.absolute_lifetime.as_millis() as i64);
+    let t = Instant::now();
+    let mut expired = 0;
+    loop {
+        let done = service.sweep().await.unwrap();
+        if done == 0 {
+            break;
+        }
+        expired += done;
+    }
+    let sweep_s = t.elapsed().as_secs_f64();
+    running.stop().await;
+    json!({
+        "sessions": n, "load_s": load_s,
+        "auth_p50_us": percentile(&lat, 0.5), "auth_p99_us": percentile(&lat, 0.99),
+        "rss_mib": rss, "disk_mib": disk,
+        "tick_ms": tick_ms, "tick_expired": swept, "tick_refreshed": refreshed,
+        "sweep_all_s": sweep_s, "sweep_all_expired": expired,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let secs = arg("--seconds", 10);
+    let connections = arg("--connections", 32);
+    let big = arg("--sessions", 1_000_000);
+
+    let upstream = serve(warp::any().map(|| warp::reply::json(&json!({ "ok": true, "items": [1, 2, 3] })))).await;
+    let bare = serve(warp::path!("auth" / "session").map(|| {
+        warp::reply::with_header(
+            warp::reply::with_header(SESSION_JSON, "content-type", "application/json"),
+            "cache-control",
+            "no-store",
+        )
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let upstream_url = url_of(&format!("http://{upstream}/v1"));
+    let running = bff_session_server::start(settings(dir.path(), port, Upstream::Url(upstream_url))).await.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let (cookie, csrf) = login(&base, "bench").await;
+
+    let a = wrk(&format!("http://{bare}/auth/session"), None, secs, connections);
+    let b = wrk(&format!("{base}/auth/session"), Some(&cookie), secs, connections);
+    let c = wrk(&format!("{base}/api/items"), Some(&cookie), secs, connections);
+    let d = wrk(&format!("http://{upstream}/v1/items"), None, secs, connections);
+
+    // Durable logouts while /auth/session is under load.
+    let load = {
+        let (url, cookie) = (format!("{base}/auth/session"), cookie.clone());
+        tokio::task::spawn_blocking(move || wrk(&url, Some(&cookie), secs, connections))
+    };
+    let http = reqwest::Client::new();
+    let mut logout_ms = Vec::new();
+    let until = Instant::now() + Duration::from_secs(secs.saturating_sub(1));
+    let mut k = 0;
+    while Instant::now() < until {
+        k += 1;
+        let (c2, p2) = login(&base, &format!("u{k}")).await;
+        let t = Instant::now();
+        let r = http
+            .post(format!("{base}/auth/logout"))
+            .header("cookie", c2)
+            .header("x-csrf-token", p2)
+            .send()
+            .await
+            .unwrap();
+        logout_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(r.status().is_success());
+    }
+    let under_load = load.await.unwrap();
+    logout_ms.sort_by(f64::total_cmp);
+    let _ = csrf;
+    running.stop().await;
+
+    let small = scale(1_000).await;
+    let large = scale(big).await;
+    let ratio = |x: &Value, y: &Value| x["rps"].as_f64().zip(y["rps"].as_f64()).map(|(x, y)| x / y);
+    let out = json!({
+        "wrk": { "seconds": secs, "connections": connections, "threads": 2 },
+        "bare": a, "session": b, "proxy": c, "upstream": d,
+        "ratio_session_to_bare": ratio(&b, &a),
+        "ratio_proxy_to_upstream": ratio(&c, &d),
+        "logout_under_load": { "count": logout_ms.len(), "p50_ms": percentile(&logout_ms, 0.5), "p99_ms": percentile(&logout_ms, 0.99), "load": under_load },
+        "scale_small": small, "scale_large": large,
+        "auth_p99_ratio": large["auth_p99_us"].as_f64().zip(small["auth_p99_us"].as_f64()).map(|(l, s)| l / s),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+fn url_of(s: &str) -> reqwest::Url {
+    reqwest::Url::parse(s).unwrap()
+}
