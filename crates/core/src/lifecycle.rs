@@ -140,6 +140,7 @@ pub struct Authenticated {
 
 /// How the user signed in.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant, reason = "built once per login and moved into the record; a box buys nothing")]
 pub enum Login {
     Local,
     Oidc { identity: OidcIdentity, grant: TokenGrant },
