@@ -71,7 +71,7 @@ fn storage(c: &mut Criterion) {
     c.bench_function("store/cas_touch", |b| {
         b.iter(|| {
             let previous = s.get(&key).unwrap().unwrap();
-            let mut next = previous.clone();
+            let mut next = (*previous).clone();
             now = now.saturating_add(policy.touch_interval);
             let _ = lifecycle::touch(&mut next, now, &policy);
             s.put(Some(&previous), &next).unwrap();
