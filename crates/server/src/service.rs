@@ -69,7 +69,16 @@ pub struct Service {
     refresh_timeout: Duration,
     /// Set when the server stops; the background tasks end on it.
     stopping: watch::Sender<bool>,
+    /// Refresh tokens to revoke at the provider, drained by one worker with bounded concurrency, so a mass
+    /// expiry never turns into a burst of provider calls.
+    revocations: tokio::sync::mpsc::Sender<bff_session_core::Secret>,
+    revocation_queue: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<bff_session_core::Secret>>>,
 }
+
+/// Revocations waiting for the provider, at most; beyond that they are dropped and counted.
+const REVOCATION_QUEUE: usize = 10_000;
+/// Revocation calls in flight at once.
+const REVOCATION_CONCURRENCY: usize = 4;
 
 impl fmt::Debug for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,6 +103,7 @@ fn ended_reason(s: &Session) -> Option<(&'static str, &'static str)> {
 
 impl Service {
     pub fn new(policy: Policy, clock: Clock, store: Store, oidc: Oidc, refresh_timeout: Duration) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(REVOCATION_QUEUE);
         Self {
             policy,
             clock,
@@ -103,6 +113,8 @@ impl Service {
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
             stopping: watch::channel(false).0,
+            revocations: tx,
+            revocation_queue: std::sync::Mutex::new(Some(rx)),
         }
     }
 
@@ -163,18 +175,11 @@ impl Service {
             self.store.flush().await?;
         }
         for effect in effects {
-            if let Effect::RevokeAtProvider { token } = effect {
-                let service = self.clone();
-                let token = token.clone();
-                tokio::spawn(async move {
-                    match service.oidc.revoke(&token).await {
-                        Ok(()) => service.metrics.inc("bff_provider_revocations_total", "outcome", "ok"),
-                        Err(e) => {
-                            service.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
-                            warn!(error = %e, "refresh token revocation at the provider failed");
-                        }
-                    }
-                });
+            if let Effect::RevokeAtProvider { token } = effect
+                && self.revocations.try_send(token.clone()).is_err()
+            {
+                self.metrics.inc("bff_provider_revocations_total", "outcome", "dropped");
+                warn!("revocation queue full; a refresh token is left to expire at the provider");
             }
         }
         Ok(())
@@ -388,9 +393,14 @@ impl Service {
         Ok(out)
     }
 
-    /// One sweep: expire sessions past a deadline, delete tombstones past retention, drop corrupt records.
-    pub async fn sweep(self: &Arc<Self>) -> Result<usize, ServiceError> {
+    /// One background pass over the sessions whose scheduled event has come, each read once: the sweeper's
+    /// work (expire sessions past a deadline, delete tombstones past retention, drop corrupt records) and the
+    /// refresher's (refresh recently used sessions whose tokens are due, at most `concurrency` at a time).
+    /// Handles at most 10,000 due records per pass; returns how many it acted on.
+    pub async fn tick(self: &Arc<Self>, concurrency: usize) -> Result<usize, ServiceError> {
         let now = self.clock.now();
+        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut refreshes = Vec::new();
         let mut done = 0;
         for key in self.store.due(now, 10_000)? {
             match self.store.get(&key) {
@@ -406,6 +416,15 @@ impl Service {
                     self.apply_with(key, expire, false).await?;
                     done += 1;
                 }
+                Ok(Some(s)) if s.background_refresh_due(now, &self.policy) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else { break };
+                    let service = self.clone();
+                    refreshes.push(tokio::spawn(async move {
+                        let _permit = permit;
+                        service.ensure_fresh(key, Trigger::Background).await
+                    }));
+                    done += 1;
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => self.store.unschedule(now, &key)?,
                 Err(StoreError::Corrupt { key, error }) => {
@@ -418,7 +437,10 @@ impl Service {
         }
         self.sweep_logins(now);
         // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline. sled
-        // flushes on its own every half second.
+        // flushes on its own every half second. Refreshes store their tokens durably themselves.
+        for r in refreshes {
+            let _ = r.await;
+        }
         Ok(done)
     }
 
@@ -436,39 +458,56 @@ impl Service {
         }
     }
 
-    /// One pass of the background refresher over recently used sessions whose tokens are due.
-    pub async fn refresh_due(self: &Arc<Self>, concurrency: usize) -> Result<usize, ServiceError> {
-        let now = self.clock.now();
-        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
-        let mut tasks = Vec::new();
-        for key in self.store.due(now, 10_000)? {
-            let Ok(Some(s)) = self.store.get(&key) else { continue };
-            if !s.background_refresh_due(now, &self.policy) {
-                continue;
-            }
-            let Ok(permit) = limit.clone().acquire_owned().await else { break };
-            let service = self.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = permit;
-                service.ensure_fresh(key, Trigger::Background).await
-            }));
-        }
-        let n = tasks.len();
-        for t in tasks {
-            let _ = t.await;
-        }
-        Ok(n)
-    }
-
-    /// Runs the background refresher and the sweeper until [`Service::stop_background`].
+    /// Runs the background pass (refresher and sweeper) and the revocation worker until
+    /// [`Service::stop_background`].
     pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![
-            self.every("background refresh", |s| async move { s.refresh_due(8).await }),
-            self.every("sweep", |s| async move { s.sweep().await }),
-        ]
+        let mut tasks = vec![self.every("background", |s| async move { s.tick(8).await })];
+        let queue = self.revocation_queue.lock().ok().and_then(|mut q| q.take());
+        if let Some(queue) = queue {
+            tasks.push(self.revoke_worker(queue));
+        }
+        tasks
     }
 
-    /// Runs `pass` every background interval (jittered) until the service stops.
+    /// Revokes queued refresh tokens at the provider, a few at a time, until the service stops (then drains).
+    fn revoke_worker(
+        self: &Arc<Self>,
+        mut queue: tokio::sync::mpsc::Receiver<bff_session_core::Secret>,
+    ) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        let mut stop = self.stopping.subscribe();
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(REVOCATION_CONCURRENCY));
+            loop {
+                let next = tokio::select! {
+                    t = queue.recv() => Some(t),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let token = match next {
+                    Some(t) => t,
+                    // Stopping: take no more, but finish what was queued.
+                    None => {
+                        queue.close();
+                        queue.recv().await
+                    }
+                };
+                let Some(token) = token else { return };
+                let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                let s = service.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match s.oidc.revoke(&token).await {
+                        Ok(()) => s.metrics.inc("bff_provider_revocations_total", "outcome", "ok"),
+                        Err(e) => {
+                            s.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
+                            warn!(error = %e, "refresh token revocation at the provider failed");
+                        }
+                    }
+                });
+            }
+        })
+    }
+
     fn every<F, Fut>(self: &Arc<Self>, what: &'static str, pass: F) -> tokio::task::JoinHandle<()>
     where
         F: Fn(Arc<Self>) -> Fut + Send + 'static,
