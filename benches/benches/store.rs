@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bff_session_core::lifecycle::{self, Login, NewSession};
+use bff_session_core::lifecycle;
 use bff_session_core::record;
 use bff_session_core::record::Sealer as _;
 use bff_session_core::{
@@ -16,33 +16,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
-fn new_session(n: u64) -> NewSession {
-    let mut bytes = [0x33; 32];
-    bytes[..8].copy_from_slice(&n.to_le_bytes());
-    NewSession {
-        id: SessionId::from_random_bytes(bytes),
-        user: UserId::new(format!("user{}", n % 1000)),
-        login: Login::Oidc {
-            identity: OidcIdentity {
-                iss: "https://idp".into(),
-                sub: format!("user{}", n % 1000),
-                sid: Some(format!("sid{n}")),
-                name: None,
-                email: None,
-            },
-            grant: TokenGrant {
-                access_token: Secret::new("a".repeat(800)),
-                expires_in: Some(Duration::from_secs(300)),
-                refresh_token: Some(Secret::new("r".repeat(64))),
-                refresh_expires_in: None,
-                id_token: Some(Secret::new("i".repeat(900))),
-            },
-        },
-        device: Device {
-            user_agent: "Mozilla/5.0 (X11; Linux x86_64) bench".into(),
-            client_ip: Some([10, 0, 0, 1].into()),
-        },
-    }
+fn new_session(n: u64) -> bff_session_core::NewSession {
+    bff_session_benches::oidc_session(0x33, n, 1000, Duration::from_secs(300))
 }
 
 fn store(dir: &std::path::Path, n: u64) -> Store {

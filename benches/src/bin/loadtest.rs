@@ -16,9 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bff_session_core::Policy;
 use bff_session_core::client_ip::TrustedProxies;
-use bff_session_core::lifecycle::{self, AuthRequest, Login, Method, NewSession};
-use bff_session_core::{Device, OidcIdentity, Policy, Secret, SessionId, TokenGrant, UserId};
+use bff_session_core::lifecycle::{self, AuthRequest, Method};
 use bff_session_server::config::{Provider, Settings, Upstream};
 use serde_json::{Value, json};
 use warp::Filter;
@@ -155,38 +155,12 @@ fn disk_mib(dir: &Path) -> f64 {
     walk(dir) as f64 / (1024.0 * 1024.0)
 }
 
-fn id(n: u64) -> SessionId {
-    let mut bytes = [0x42; 32];
-    bytes[..8].copy_from_slice(&n.to_le_bytes());
-    SessionId::from_random_bytes(bytes)
+fn id(n: u64) -> bff_session_core::SessionId {
+    bff_session_benches::id(0x42, n)
 }
 
-/// A session as a real login leaves it: OIDC, tokens of realistic sizes.
-fn new_session(n: u64) -> NewSession {
-    NewSession {
-        id: id(n),
-        user: UserId::new(format!("user{}", n % 100_000)),
-        login: Login::Oidc {
-            identity: OidcIdentity {
-                iss: "https://idp.example".into(),
-                sub: format!("user{}", n % 100_000),
-                sid: Some(format!("sid{n}")),
-                name: None,
-                email: None,
-            },
-            grant: TokenGrant {
-                access_token: Secret::new("a".repeat(800)),
-                expires_in: Some(Duration::from_secs(3600)),
-                refresh_token: Some(Secret::new("r".repeat(43))),
-                refresh_expires_in: None,
-                id_token: Some(Secret::new("i".repeat(900))),
-            },
-        },
-        device: Device {
-            user_agent: "Mozilla/5.0 (X11; Linux x86_64) loadtest".into(),
-            client_ip: Some([10, 1, 2, 3].into()),
-        },
-    }
+fn new_session(n: u64) -> bff_session_core::NewSession {
+    bff_session_benches::oidc_session(0x42, n, 100_000, Duration::from_secs(3600))
 }
 
 async fn scale(n: u64) -> Value {
