@@ -7,9 +7,7 @@ use std::time::Duration;
 use bff_session_core::lifecycle;
 use bff_session_core::record;
 use bff_session_core::record::Sealer as _;
-use bff_session_core::{
-    Device, OidcIdentity, Policy, RevocationReason, Secret, SessionId, Timestamp, TokenGrant, UserId,
-};
+use bff_session_core::{Policy, RevocationReason, Timestamp};
 use bff_session_server::seal::TokenSealer;
 use bff_session_server::store::Store;
 use criterion::{Criterion, criterion_group, criterion_main};
