@@ -16,7 +16,6 @@ use bff_session_core::{
 };
 use bytes::Bytes;
 use serde_json::json;
-use subtle_eq::ct_eq;
 use tracing::{info, warn};
 use warp::Filter;
 use warp::Reply as _;
@@ -30,14 +29,12 @@ use crate::service::{Service, ServiceError, new_session_id};
 pub const CSRF_HEADER: &str = "x-csrf-token";
 const MAX_BODY: usize = 1 << 20;
 
-mod subtle_eq {
-    /// Constant-time equality for the login `state`.
-    pub fn ct_eq(a: &str, b: &str) -> bool {
-        use sha2::{Digest, Sha256};
-        // Hashing first gives equal lengths, so the comparison's time does not depend on the inputs.
-        let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-        x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
-    }
+/// Constant-time equality for the login `state`. Hashing first gives equal lengths, so the comparison's time
+/// says nothing about either input.
+fn ct_eq(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    bool::from(Sha256::digest(a.as_bytes()).as_slice().ct_eq(Sha256::digest(b.as_bytes()).as_slice()))
 }
 
 /// The body of `GET /auth/session`. Times are milliseconds since the Unix epoch.
