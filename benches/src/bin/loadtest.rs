@@ -56,6 +56,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         upstream,
         demo: false,
         cache_bytes: 256 << 20,
+        audit_log: None,
     }
 }
 

@@ -22,6 +22,7 @@
 //!
 //! See `ARCHITECTURE.md` for the state diagram and the invariants the tests check.
 
+pub mod audit;
 pub mod client_ip;
 pub mod command;
 pub mod cookie;
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod return_path;
 pub mod session;
 pub mod time;
+pub mod trace;
 
 pub use command::{Command, Outcome};
 pub use effect::{Durability, Effect};

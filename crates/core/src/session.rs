@@ -89,6 +89,7 @@ pub enum State {
 
 /// Which deadline ended a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ExpiryReason {
     /// The absolute lifetime ran out.
@@ -101,6 +102,7 @@ pub enum ExpiryReason {
 
 /// Who or what ended a session early.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum RevocationReason {
     /// The user signed out of this session.
@@ -277,6 +279,12 @@ impl Session {
     /// Whether a request at `now` should refresh the access token first.
     pub fn refresh_due(&self, now: Timestamp, policy: &Policy) -> bool {
         self.refresh_from(policy.refresh_margin, policy).is_some_and(|from| now >= from)
+    }
+
+    /// The access token, unless it has expired at `now`. A shell must not send a request on with a token it
+    /// knows the provider will refuse; when a refresh could not replace it, the request waits for a retry.
+    pub fn live_access_token(&self, now: Timestamp) -> Option<&Secret> {
+        self.tokens.as_ref().filter(|t| now < t.access_expires_at).map(|t| &t.access_token)
     }
 
     /// Whether a request at `now` should record its use.

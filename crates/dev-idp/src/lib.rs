@@ -69,7 +69,13 @@ impl DevIdp {
 
     /// Makes the next refresh request fail (or stall) as `fault` says.
     pub fn fail_next_refresh(&self, fault: Fault) {
-        self.inner.push_fault(fault);
+        self.inner.push_fault(fault, None);
+    }
+
+    /// Makes the next refresh of the grant behind provider session `sid` fail as `fault` says; other
+    /// grants are unaffected, whatever order their refreshes come in.
+    pub fn fail_next_refresh_of(&self, sid: &str, fault: Fault) {
+        self.inner.push_fault(fault, Some(sid));
     }
 
     /// Sends a back-channel logout token naming `sub` and/or `sid` to the client; returns the HTTP status

@@ -49,8 +49,9 @@ pub(crate) fn routes(idp: Arc<Inner>) -> BoxedFilter<(Reply,)> {
             empty(StatusCode::OK)
         },
     );
+    // OpenID Connect Core 5.3.1: the UserInfo endpoint takes GET and POST.
     let userinfo = warp::path!("userinfo")
-        .and(warp::get())
+        .and(warp::get().or(warp::post()).unify())
         .and(warp::header::optional::<String>("authorization"))
         .and(with())
         .map(userinfo);
@@ -66,7 +67,7 @@ pub(crate) fn routes(idp: Arc<Inner>) -> BoxedFilter<(Reply,)> {
         .and(with())
         .map(|f: FaultRequest, idp: Arc<Inner>| match f.fault() {
             Some(fault) => {
-                idp.push_fault(fault);
+                idp.push_fault(fault, f.sid.as_deref());
                 empty(StatusCode::NO_CONTENT)
             }
             None => json_reply(
@@ -113,6 +114,8 @@ struct FaultRequest {
     kind: String,
     #[serde(default)]
     millis: u64,
+    /// Only a refresh of this provider session's grant takes the fault.
+    sid: Option<String>,
 }
 
 impl FaultRequest {
@@ -219,7 +222,7 @@ async fn token_inner(
         "authorization_code" => idp.exchange_code(get("code"), get("redirect_uri"), get("code_verifier")),
         "refresh_token" => {
             bump(&idp.counters.refresh_requests);
-            match idp.take_fault() {
+            match idp.take_fault(get("refresh_token")) {
                 Some(Fault::InvalidGrant) => {
                     idp.revoke_grant_of(get("refresh_token"));
                     return Err(idp.invalid_grant("injected: grant revoked"));

@@ -84,6 +84,8 @@ pub(crate) struct Memory {
     pub access: HashMap<String, u64>,
     pub latest_sid: HashMap<String, String>,
     pub faults: VecDeque<Fault>,
+    /// Faults for the grant of one provider session (by `sid`), taken before the general ones.
+    pub faults_for: HashMap<String, VecDeque<Fault>>,
     pub next_grant: u64,
 }
 
@@ -167,12 +169,22 @@ impl Inner {
         }
     }
 
-    pub fn push_fault(&self, fault: Fault) {
-        self.memory().faults.push_back(fault);
+    pub fn push_fault(&self, fault: Fault, sid: Option<&str>) {
+        let mut m = self.memory();
+        match sid {
+            Some(sid) => m.faults_for.entry(sid.to_owned()).or_default().push_back(fault),
+            None => m.faults.push_back(fault),
+        }
     }
 
-    pub fn take_fault(&self) -> Option<Fault> {
-        self.memory().faults.pop_front()
+    /// The fault the refresh presenting `refresh_token` must suffer, if any.
+    pub fn take_fault(&self, refresh_token: &str) -> Option<Fault> {
+        let mut m = self.memory();
+        let sid = m.refresh.get(refresh_token).and_then(|(grant, _)| m.grants.get(grant)).map(|g| g.sid.clone());
+        if let Some(fault) = sid.and_then(|sid| m.faults_for.get_mut(&sid)).and_then(VecDeque::pop_front) {
+            return Some(fault);
+        }
+        m.faults.pop_front()
     }
 
     pub fn latest_sid(&self, sub: &str) -> Option<String> {

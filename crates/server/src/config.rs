@@ -70,6 +70,10 @@ pub struct Common {
     /// Enable POST /__test/clock to move the server's clock. Never in production.
     #[arg(long, env = "BFF_SESSION_TEST_CLOCK")]
     pub test_clock: bool,
+    /// Append an audit trail of every session transition to this file, as JSON lines (see the conformance
+    /// crate's README for the format; `bff-session-conformance check-trace` checks it).
+    #[arg(long, env = "BFF_SESSION_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Memory for sled's page cache, in MiB.
     #[arg(long, env = "BFF_SESSION_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
@@ -143,6 +147,8 @@ pub struct Settings {
     pub demo: bool,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Where the audit trail goes, if anywhere.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -231,6 +237,7 @@ impl Common {
             upstream,
             demo,
             cache_bytes: self.cache_mb.saturating_mul(1 << 20),
+            audit_log: self.audit_log,
         })
     }
 }

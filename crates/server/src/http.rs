@@ -188,6 +188,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
         ("POST", ["auth", "backchannel-logout"]) => ("backchannel", app.backchannel(&req).await),
         (_, ["api", ..]) => ("api", app.proxy(&req).await),
         ("POST", ["__test", "clock"]) if app.service.clock.is_test() => ("test_clock", app.test_clock(&req)),
+        ("POST", ["__test", "tick"]) if app.service.clock.is_test() => ("test_tick", app.test_tick().await),
         ("GET", [""]) if app.demo => ("demo", Ok(crate::demo::page())),
         (_, ["__echo", ..]) if app.demo => ("echo", Ok(crate::demo::echo(&req))),
         (_, ["auth" | "healthz" | "metrics", ..]) => (
@@ -517,19 +518,32 @@ impl App {
         Ok(no_store(json_response(StatusCode::OK, &json!({ "ended": ended }))))
     }
 
-    /// `{"advance_ms": N}` moves the clock by N ms (negative goes back); `{"set_ms": T}` sets it to T.
+    /// `{"advance_ms": N}` moves the clock by N ms (negative goes back); `{"set_ms": T}` sets it to T and lets
+    /// it run; `{"freeze_ms": T}` stops it at T.
     fn test_clock(&self, req: &Req) -> Result<Response, ApiError> {
+        use bff_session_core::Timestamp;
         let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", m.to_owned());
         let body: serde_json::Value =
             serde_json::from_slice(&req.body).map_err(|e| invalid(&format!("expected JSON: {e}")))?;
         let clock = &self.service.clock;
-        let now = match (body["advance_ms"].as_i64(), body["set_ms"].as_u64()) {
-            (Some(ms), None) => clock.advance(ms),
-            (None, Some(at)) => clock.set(bff_session_core::Timestamp::from_millis(at)),
-            _ => return Err(invalid("give exactly one of advance_ms (integer) or set_ms (non-negative integer)")),
+        let now = match (body["advance_ms"].as_i64(), body["set_ms"].as_u64(), body["freeze_ms"].as_u64()) {
+            (Some(ms), None, None) => clock.advance(ms),
+            (None, Some(at), None) => clock.set(Timestamp::from_millis(at)),
+            (None, None, Some(at)) => clock.freeze(Timestamp::from_millis(at)),
+            _ => {
+                return Err(invalid(
+                    "give exactly one of advance_ms (integer), set_ms or freeze_ms (non-negative integers)",
+                ));
+            }
         };
         let now = now.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))?;
-        Ok(json_response(StatusCode::OK, &json!({ "now_ms": now.as_millis() })))
+        Ok(json_response(StatusCode::OK, &json!({ "now_ms": now.as_millis(), "frozen": clock.is_frozen() })))
+    }
+
+    /// Runs one background pass (refresher and sweeper) now and answers when it is done.
+    async fn test_tick(&self) -> Result<Response, ApiError> {
+        let acted = self.service.tick(8).await?;
+        Ok(json_response(StatusCode::OK, &json!({ "acted": acted })))
     }
 
     async fn proxy(&self, req: &Req) -> Result<Response, ApiError> {
@@ -552,8 +566,16 @@ impl App {
                 .await?
                 .map_err(|r| ApiError::refusal(r, &[Effect::ClearCookies]))?;
         }
-        let token = session.tokens().map(|t| t.access_token.clone()).ok_or_else(|| {
-            ApiError::new(StatusCode::FORBIDDEN, "no_access_token", "this session has no access token")
+        if session.tokens().is_none() {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "no_access_token", "this session has no access token"));
+        }
+        // The refresh failed transiently and the old token has run out: the session stays, the call waits.
+        let token = session.live_access_token(self.service.clock.now()).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                "the access token could not be refreshed; try again shortly",
+            )
         })?;
         let target = crate::proxy::target(upstream, &req.path, &req.query)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e))?;

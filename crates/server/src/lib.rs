@@ -4,6 +4,7 @@
 //! The server is a shell: `http` parses requests, `service` runs core's transitions on records from
 //! `store` and carries out their effects, `oidc` talks to the provider. See ARCHITECTURE.md.
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -179,7 +180,17 @@ pub async fn start_with_shutdown(
         }
     };
     let clock = clock::Clock::new(settings.test_clock);
-    let service = Arc::new(Service::new(settings.policy.clone(), clock, store, oidc, settings.refresh_timeout));
+    let mut service = Service::new(settings.policy.clone(), clock, store, oidc, settings.refresh_timeout);
+    if let Some(path) = &settings.audit_log {
+        match audit::AuditLog::open(path, &settings.policy) {
+            Ok(log) => service.audit = Some(log),
+            Err(e) => {
+                task.abort();
+                return Err(fail("audit log", &e));
+            }
+        }
+    }
+    let service = Arc::new(service);
     let upstream = match &settings.upstream {
         Upstream::None => None,
         Upstream::Url(u) => Some(u.clone()),

@@ -64,6 +64,8 @@ pub struct Service {
     pub store: Store,
     pub oidc: Oidc,
     pub metrics: Metrics,
+    /// The trail of committed transitions, when `--audit-log` names a file.
+    pub audit: Option<crate::audit::AuditLog>,
     /// Tickets in flight in this process, so concurrent requests wait for the one refresh.
     inflight: tokio::sync::Mutex<HashMap<SessionKey, watch::Receiver<bool>>>,
     refresh_timeout: Duration,
@@ -110,6 +112,7 @@ impl Service {
             store,
             oidc,
             metrics: Metrics::default(),
+            audit: None,
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
             stopping: watch::channel(false).0,
@@ -156,6 +159,9 @@ impl Service {
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
                 }
+                if let Some(audit) = &self.audit {
+                    audit.record(now, previous.as_deref(), new);
+                }
                 if previous.as_deref().is_some_and(Session::is_active)
                     && let Some((metric, reason)) = ended_reason(new)
                 {
@@ -198,8 +204,12 @@ impl Service {
             })
             .await?;
         }
-        let t = lifecycle::create(new, self.clock.now(), &self.policy);
+        let now = self.clock.now();
+        let t = lifecycle::create(new, now, &self.policy);
         self.store.put(None, &t.outcome)?;
+        if let Some(audit) = &self.audit {
+            audit.record(now, None, &t.outcome);
+        }
         self.carry_out(&t.effects, true).await?;
         self.metrics.inc(
             "bff_sessions_created_total",
@@ -520,6 +530,10 @@ impl Service {
                 tokio::select! {
                     () = tokio::time::sleep(jittered(service.policy.background_interval)) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                // A frozen test clock means a harness decides when passes run (POST /__test/tick).
+                if service.clock.is_frozen() {
+                    continue;
                 }
                 if let Err(e) = pass(service.clone()).await {
                     warn!(error = %e, "{what} pass failed");

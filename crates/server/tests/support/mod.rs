@@ -39,6 +39,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         upstream: Upstream::Echo,
         demo: true,
         cache_bytes: 64 << 20,
+        audit_log: None,
     }
 }
 

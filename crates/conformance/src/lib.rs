@@ -1,0 +1,25 @@
+//! A conformance harness for Backend-for-Frontend session servers, with `bff-session-core` as the oracle.
+//!
+//! [`run`] starts a dev OpenID provider, drives a target BFF over HTTP with sequences of [`Step`]s generated
+//! by proptest (sign-ins from several devices, API calls with right, missing and foreign CSRF proofs, clock
+//! moves across every deadline, logouts, back-channel logouts, provider faults, bursts of concurrent calls)
+//! and compares every response, cookie change, device list and the provider's refresh count with what
+//! [`Oracle`] (core's `Registry` fed the same steps) predicts. A divergence is shrunk to a minimal sequence
+//! and printed as readable steps with a replay command.
+//!
+//! [`trace`] replays an audit trail (JSON lines of lifecycle events) through core and reports the first
+//! illegal transition.
+//!
+//! The protocol a target must speak is in this crate's README.
+
+pub mod mapping;
+pub mod oracle;
+pub mod provider;
+pub mod run;
+pub mod step;
+pub mod target;
+
+pub use mapping::Mapping;
+pub use oracle::Oracle;
+pub use run::{Divergence, Harness, Options, Report};
+pub use step::Step;

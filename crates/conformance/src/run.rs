@@ -1,0 +1,388 @@
+//! Running generated sequences against a target, comparing with the oracle, and shrinking divergences.
+//!
+//! Owns the harness's loop: each sequence gets fresh users, fresh devices and a fresh stretch of the
+//! target's (frozen) clock, so sequences never see each other's sessions; every step is performed, predicted
+//! and compared, and so is the provider's refresh count. proptest generates the sequences and shrinks a
+//! failing one. It never decides what is correct: that is [`Oracle`].
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bff_session_core::{Policy, Timestamp};
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+use serde::Serialize;
+
+use crate::mapping::Mapping;
+use crate::oracle::{Observation, Oracle};
+use crate::provider::{Provider, ProviderError};
+use crate::step::{self, Step, USERS};
+use crate::target::Target;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The target's origin, e.g. `http://127.0.0.1:8080`.
+    pub target: String,
+    /// The preset's name, for the replay command.
+    pub policy_name: String,
+    pub policy: Policy,
+    pub mapping: Mapping,
+    /// Access-token lifetime of the harness's provider.
+    pub token_ttl: Duration,
+    /// Where the provider listens.
+    pub provider_listen: std::net::SocketAddr,
+    pub sequences: u32,
+    pub max_steps: usize,
+    pub seed: u64,
+    /// Where a reproducer is written.
+    pub out_dir: PathBuf,
+}
+
+impl Options {
+    pub fn new(target: &str, policy_name: &str) -> Option<Self> {
+        Some(Self {
+            target: target.trim_end_matches('/').to_owned(),
+            policy_name: policy_name.to_owned(),
+            policy: Policy::preset(policy_name)?,
+            mapping: Mapping::default(),
+            token_ttl: Duration::from_secs(600),
+            provider_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            sequences: 200,
+            max_steps: 24,
+            seed: 0,
+            out_dir: PathBuf::from("target/conformance"),
+        })
+    }
+}
+
+/// The first step whose observation differs from the oracle's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// 0-based index into the sequence.
+    pub index: usize,
+    pub step: Step,
+    pub expected: String,
+    pub observed: String,
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {} ({}): expected {}, observed {}", self.index + 1, self.step, self.expected, self.observed)
+    }
+}
+
+/// A divergence, shrunk.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub steps: Vec<Step>,
+    pub divergence: Divergence,
+    /// Where the steps were written for `--replay`.
+    pub replay_file: Option<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// Generated sequences that conformed.
+    pub sequences: u64,
+    /// Sequences executed in all, shrinking included.
+    pub executions: u64,
+    /// Steps executed in all.
+    pub steps: u64,
+    pub elapsed: Duration,
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    /// The reproducer as readable steps, with the replay command.
+    pub fn render(&self, options: &Options) -> String {
+        let mut out = String::new();
+        let Some(f) = &self.failure else {
+            return format!(
+                "conforms: {} sequences, {} steps, under policy {} in {:.1} s\n",
+                self.sequences,
+                self.steps,
+                options.policy_name,
+                self.elapsed.as_secs_f64()
+            );
+        };
+        out.push_str(&format!(
+            "DIVERGES under policy {} after {} conforming sequences; shrunk to {} steps:\n",
+            options.policy_name,
+            self.sequences,
+            f.steps.len()
+        ));
+        for (i, s) in f.steps.iter().enumerate() {
+            let marker = if i == f.divergence.index { "   <-- here" } else { "" };
+            out.push_str(&format!("  {:>2}. {s}{marker}\n", i + 1));
+        }
+        out.push_str(&format!("expected: {}\nobserved: {}\n", f.divergence.expected, f.divergence.observed));
+        if let Some(path) = &f.replay_file {
+            out.push_str(&format!(
+                "replay: bff-session-conformance run --target {} --policy {} --replay {}\n",
+                options.target,
+                options.policy_name,
+                path.display()
+            ));
+        }
+        out
+    }
+}
+
+/// Why the harness could not run at all.
+#[derive(Debug)]
+pub enum HarnessError {
+    Provider(ProviderError),
+    Http(String),
+    Policy(bff_session_core::PolicyError),
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Provider(e) => e.fmt(f),
+            Self::Http(e) => write!(f, "HTTP client: {e}"),
+            Self::Policy(e) => write!(f, "policy: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+/// A provider and the state shared by every sequence of a run.
+#[derive(Debug)]
+pub struct Harness {
+    pub options: Options,
+    pub provider: Provider,
+    http: reqwest::Client,
+    /// The instant the next sequence starts at, on the target's frozen clock.
+    next_start: Mutex<Timestamp>,
+    runs: AtomicU64,
+    steps: AtomicU64,
+    /// The divergence of the latest failing execution, to report the shrunk one exactly.
+    last: Mutex<Option<Divergence>>,
+}
+
+fn wall_now() -> Timestamp {
+    Timestamp::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+impl Harness {
+    /// Starts the provider. The target must be started afterwards, pointed at [`Provider::issuer`].
+    pub async fn start(options: Options) -> Result<Self, HarnessError> {
+        options.policy.validate().map_err(HarnessError::Policy)?;
+        let provider = Provider::start(options.provider_listen, &options.target, &options.mapping, options.token_ttl)
+            .await
+            .map_err(HarnessError::Provider)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| HarnessError::Http(e.to_string()))?;
+        Ok(Self {
+            options,
+            provider,
+            http,
+            next_start: Mutex::new(wall_now()),
+            runs: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Waits until the target answers HTTP at all (any status), up to `timeout`.
+    pub async fn wait_for_target(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.http.get(format!("{}/", self.options.target)).send().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Executes one sequence; `Err` at the first divergence.
+    pub async fn execute(&self, steps: &[Step]) -> Result<(), Divergence> {
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
+        let policy = &self.options.policy;
+        // Past every earlier sequence's absolute deadlines, so their sessions can only be swept, never
+        // refreshed, in this one.
+        let gap = policy.absolute_lifetime + policy.background_recent_use + Duration::from_secs(86_400);
+        let start = {
+            let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let start = *next;
+            *next = start.saturating_add(gap);
+            start
+        };
+        let users = (0..USERS).map(|u| format!("r{run}u{u}")).collect();
+        let mut oracle = match Oracle::new(policy.clone(), start, &self.provider.issuer, self.options.token_ttl, users)
+        {
+            Ok(o) => o,
+            Err(e) => return Err(setup(format!("invalid policy: {e}"))),
+        };
+        let mut target = Target::new(&self.options.target, self.options.mapping.clone(), self.http.clone());
+        let idp = &self.provider.idp;
+        let base = idp.counters().refresh_requests;
+        let freeze = Step::Advance { by: step::Span::Seconds(1) };
+        target.perform(&freeze, idp, "", start.as_millis()).await.map_err(|e| setup(e.to_string()))?;
+        let mut result = Ok(());
+        for (index, step) in steps.iter().enumerate() {
+            self.steps.fetch_add(1, Ordering::Relaxed);
+            let diverge =
+                |expected: String, observed: String| Divergence { index, step: step.clone(), expected, observed };
+            let user = match step {
+                Step::Login { user, .. } => oracle.user_name(*user).to_owned(),
+                _ => String::new(),
+            };
+            let freeze_at = match step {
+                Step::Advance { by } => oracle.resolve(*by),
+                _ => Duration::ZERO,
+            };
+            let freeze_at = oracle.now().saturating_add(freeze_at).as_millis();
+            let observed = match target.perform(step, idp, &user, freeze_at).await {
+                Ok(o) => o,
+                Err(e) => {
+                    result = Err(diverge("a protocol answer".into(), e.to_string()));
+                    break;
+                }
+            };
+            let expected = oracle.expect(step, observed.1.as_deref());
+            if expected != observed.0 {
+                result = Err(diverge(expected.to_string(), observed.0.to_string()));
+                break;
+            }
+            let requests = idp.counters().refresh_requests.saturating_sub(base);
+            if requests != oracle.refresh_requests() {
+                result = Err(diverge(
+                    format!("{} refresh request(s) at the provider so far", oracle.refresh_requests()),
+                    format!("{requests}"),
+                ));
+                break;
+            }
+        }
+        // The next sequence starts after everything this one reached.
+        let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *next = (*next).max(oracle.now().saturating_add(gap));
+        if let Err(d) = &result {
+            *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d.clone());
+        }
+        result
+    }
+
+    /// Runs `options.sequences` generated sequences (blocking; call it outside the runtime), shrinking the
+    /// first divergence.
+    pub fn run(&self, rt: &tokio::runtime::Runtime) -> Report {
+        let started = Instant::now();
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.options.seed.to_le_bytes());
+        let config = Config {
+            cases: self.options.sequences,
+            failure_persistence: None,
+            max_shrink_iters: 1024,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+        let passed = AtomicU64::new(0);
+        let first_failure_seen = std::sync::atomic::AtomicBool::new(false);
+        let outcome =
+            runner.run(&step::sequence(self.options.max_steps), |steps| match rt.block_on(self.execute(&steps)) {
+                Ok(()) => {
+                    if !first_failure_seen.load(Ordering::Relaxed) {
+                        passed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                }
+                Err(d) => {
+                    first_failure_seen.store(true, Ordering::Relaxed);
+                    Err(TestCaseError::fail(d.to_string()))
+                }
+            });
+        let failure = match outcome {
+            Ok(()) => None,
+            Err(TestError::Fail(_, steps)) => {
+                // Run the minimal sequence once more so the report shows its own divergence.
+                let divergence = match rt.block_on(self.execute(&steps)) {
+                    Err(d) => d,
+                    Ok(()) => self.last.lock().ok().and_then(|l| l.clone()).unwrap_or_else(|| Divergence {
+                        index: 0,
+                        step: steps.first().cloned().unwrap_or(Step::Background),
+                        expected: "a reproducible divergence".into(),
+                        observed: "the shrunk sequence passed when run again (a race in the target?)".into(),
+                    }),
+                };
+                let replay_file = self.save(&steps).ok();
+                Some(Failure { steps, divergence, replay_file })
+            }
+            Err(TestError::Abort(reason)) => Some(Failure {
+                steps: Vec::new(),
+                divergence: Divergence {
+                    index: 0,
+                    step: Step::Background,
+                    expected: "a run".into(),
+                    observed: format!("proptest aborted: {reason}"),
+                },
+                replay_file: None,
+            }),
+        };
+        Report {
+            sequences: passed.into_inner(),
+            executions: self.runs.load(Ordering::Relaxed),
+            steps: self.steps.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            failure,
+        }
+    }
+
+    /// Executes exactly `steps` once.
+    pub fn replay(&self, rt: &tokio::runtime::Runtime, steps: Vec<Step>) -> Report {
+        let started = Instant::now();
+        let result = rt.block_on(self.execute(&steps));
+        Report {
+            sequences: u64::from(result.is_ok()),
+            executions: 1,
+            steps: self.steps.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            failure: result.err().map(|divergence| Failure { steps, divergence, replay_file: None }),
+        }
+    }
+
+    fn save(&self, steps: &[Step]) -> std::io::Result<PathBuf> {
+        #[derive(Serialize)]
+        struct Repro<'a> {
+            policy: &'a str,
+            steps: &'a [Step],
+        }
+        std::fs::create_dir_all(&self.options.out_dir)?;
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let path = self.options.out_dir.join(format!("repro-{}-{stamp}.json", self.options.policy_name));
+        let json = serde_json::to_string_pretty(&Repro { policy: &self.options.policy_name, steps })
+            .map_err(std::io::Error::other)?;
+        std::fs::write(&path, json)?;
+        Ok(path)
+    }
+}
+
+/// Reads a reproducer written by a failed run.
+pub fn load_replay(path: &std::path::Path) -> Result<Vec<Step>, String> {
+    #[derive(serde::Deserialize)]
+    struct Repro {
+        steps: Vec<Step>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str::<Repro>(&text).map(|r| r.steps).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn setup(observed: String) -> Divergence {
+    Divergence { index: 0, step: Step::Background, expected: "a target that accepts the test clock".into(), observed }
+}
+
+impl Observation {
+    /// Whether the step left nothing to compare.
+    pub fn is_nothing(&self) -> bool {
+        matches!(self, Self::Nothing)
+    }
+}

@@ -1,0 +1,180 @@
+//! The audit trail's vocabulary: one event for each committed change of a session record.
+//!
+//! Owns naming what a transition did, given the record before and after it ([`Event::between`]), and the
+//! line format a shell writes and a checker reads back ([`Line`], [`Header`]). Every event can be replayed
+//! through `lifecycle` at its timestamp, which is how a trace is checked. It never writes anything and never
+//! reads a clock.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+use crate::session::{ExpiryReason, RevocationReason, Session, State};
+
+/// What happened to a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A new session; `access_expires_at` (Unix ms) is absent for a session without provider tokens.
+    Created {
+        access_expires_at: Option<u64>,
+        refresh_token: bool,
+    },
+    /// A use was recorded: the idle deadline moved.
+    Touched,
+    /// A refresh ticket was issued (the lease is held).
+    RefreshStarted,
+    /// The provider issued new tokens and the ticket's holder stored them.
+    RefreshSucceeded {
+        access_expires_at: u64,
+    },
+    /// The provider refused or failed the refresh. `invalid_grant` also ends the session (revoked,
+    /// `refresh_rejected`); `transient` starts a back-off.
+    RefreshFailed {
+        error: RefreshError,
+    },
+    Expired {
+        reason: ExpiryReason,
+    },
+    Revoked {
+        reason: RevocationReason,
+    },
+}
+
+/// How a refresh failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshError {
+    InvalidGrant,
+    Transient,
+}
+
+/// One line of the trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// When the transition ran, in Unix milliseconds (the shell's clock, test offsets included).
+    pub ts: u64,
+    /// The session's name in logs (a prefix of its key, itself a hash of the ID): never the ID.
+    pub session: String,
+    /// The record's version after the transition; each transition adds one.
+    pub version: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The first line of a trace: the policy the events were decided under, in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Always `"start"`.
+    pub event: String,
+    pub policy: PolicyMillis,
+}
+
+/// [`Policy`] with every duration in milliseconds, for JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyMillis {
+    pub absolute_lifetime: u64,
+    pub idle_timeout: Option<u64>,
+    pub touch_interval: u64,
+    pub refresh_margin: u64,
+    pub background_interval: u64,
+    pub background_window: u64,
+    pub background_recent_use: u64,
+    pub assumed_token_lifetime: u64,
+    pub refresh_lease: u64,
+    pub refresh_backoff_base: u64,
+    pub refresh_backoff_max: u64,
+    pub tombstone_retention: u64,
+    pub clock_skew: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<&Policy> for PolicyMillis {
+    fn from(p: &Policy) -> Self {
+        Self {
+            absolute_lifetime: ms(p.absolute_lifetime),
+            idle_timeout: p.idle_timeout.map(ms),
+            touch_interval: ms(p.touch_interval),
+            refresh_margin: ms(p.refresh_margin),
+            background_interval: ms(p.background_interval),
+            background_window: ms(p.background_window),
+            background_recent_use: ms(p.background_recent_use),
+            assumed_token_lifetime: ms(p.assumed_token_lifetime),
+            refresh_lease: ms(p.refresh_lease),
+            refresh_backoff_base: ms(p.refresh_backoff_base),
+            refresh_backoff_max: ms(p.refresh_backoff_max),
+            tombstone_retention: ms(p.tombstone_retention),
+            clock_skew: ms(p.clock_skew),
+        }
+    }
+}
+
+impl From<&PolicyMillis> for Policy {
+    fn from(p: &PolicyMillis) -> Self {
+        let d = Duration::from_millis;
+        Self {
+            absolute_lifetime: d(p.absolute_lifetime),
+            idle_timeout: p.idle_timeout.map(d),
+            touch_interval: d(p.touch_interval),
+            refresh_margin: d(p.refresh_margin),
+            background_interval: d(p.background_interval),
+            background_window: d(p.background_window),
+            background_recent_use: d(p.background_recent_use),
+            assumed_token_lifetime: d(p.assumed_token_lifetime),
+            refresh_lease: d(p.refresh_lease),
+            refresh_backoff_base: d(p.refresh_backoff_base),
+            refresh_backoff_max: d(p.refresh_backoff_max),
+            tombstone_retention: d(p.tombstone_retention),
+            clock_skew: d(p.clock_skew),
+        }
+    }
+}
+
+impl Header {
+    pub fn new(policy: &Policy) -> Self {
+        Self { event: "start".to_owned(), policy: policy.into() }
+    }
+}
+
+impl Event {
+    /// The event a committed write from `before` to `after` records, or `None` for a write that changed no
+    /// lifecycle fact (there is none today; the `Option` keeps shells honest if one is added).
+    pub fn between(before: Option<&Session>, after: &Session) -> Option<Self> {
+        let Some(before) = before else {
+            let tokens = after.tokens();
+            return Some(Self::Created {
+                access_expires_at: tokens.map(|t| t.access_expires_at.as_millis()),
+                refresh_token: tokens.is_some_and(|t| t.refresh_token.is_some()),
+            });
+        };
+        if before.is_active() {
+            match after.state() {
+                State::Active => {}
+                State::Expired { reason, .. } => return Some(Self::Expired { reason }),
+                State::Revoked { reason: RevocationReason::RefreshRejected, .. } => {
+                    return Some(Self::RefreshFailed { error: RefreshError::InvalidGrant });
+                }
+                State::Revoked { reason, .. } => return Some(Self::Revoked { reason }),
+            }
+        }
+        let (b, a) = (before.refresh_state(), after.refresh_state());
+        if a.generation() > b.generation() {
+            return Some(Self::RefreshStarted);
+        }
+        if b.lease().is_some() && a.lease().is_none() {
+            if a.failures() > b.failures() {
+                return Some(Self::RefreshFailed { error: RefreshError::Transient });
+            }
+            if let Some(t) = after.tokens() {
+                return Some(Self::RefreshSucceeded { access_expires_at: t.access_expires_at.as_millis() });
+            }
+        }
+        (after.last_used_at() != before.last_used_at()).then_some(Self::Touched)
+    }
+}
