@@ -8,14 +8,17 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const FUZZ_TARGETS: [&str; 5] = ["lifecycle", "cookie_header", "client_ip", "return_path", "record_decode"];
+const FUZZ_TARGETS: [&str; 6] =
+    ["lifecycle", "cookie_header", "client_ip", "return_path", "record_decode", "check_trace"];
 const MUTATED: [&str; 3] = ["crates/core/src/lifecycle.rs", "crates/core/src/registry.rs", "crates/core/src/csrf.rs"];
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci                 fmt check, clippy -D warnings, then every fuzz target for 60 s (what .ci/run runs after the tests)
+  ci                 lint, conformance, then every fuzz target for 60 s (what .ci/run runs after the tests)
   lint               fmt check and clippy -D warnings only
+  conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
+                     under each preset, then its audit trail through check-trace
   fuzz [SECS] [T..]  run fuzz targets on nightly for SECS seconds each (default 60, all targets)
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
   mutants            cargo-mutants over core's lifecycle, registry and csrf modules";
@@ -23,7 +26,8 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => lint().and_then(|()| fuzz(60, &[])),
+        Some("ci") => lint().and_then(|()| conformance(200)).and_then(|()| fuzz(60, &[])),
+        Some("conformance") => conformance(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200)),
         Some("lint") => lint(),
         Some("fuzz") => {
             let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
@@ -74,6 +78,56 @@ fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     core_stays_sans_io()
+}
+
+/// Runs the harness binary against the reference server binary under every preset; the harness starts its
+/// provider, then the server (pointed at it, with the test clock and an audit trail), and checks the trail.
+fn conformance(sequences: u32) -> Result<(), String> {
+    run(cargo().args(["build", "-p", "bff-session-server", "-p", "bff-session-conformance"]))?;
+    let bin = root().join("target/debug");
+    for (seed, preset) in bff_presets().into_iter().enumerate() {
+        let dir = root().join("target/conformance").join(preset);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let target = format!("http://127.0.0.1:{port}");
+        let audit = dir.join("audit.jsonl");
+        let launch = format!(
+            "exec {server} serve --listen 127.0.0.1:{port} --public-url {target} --issuer \"$BFF_CONFORMANCE_ISSUER\" \
+             --client-id \"$BFF_CONFORMANCE_CLIENT_ID\" --client-secret \"$BFF_CONFORMANCE_CLIENT_SECRET\" \
+             --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --policy {preset} --data-dir {data} \
+             --audit-log {audit} >{log} 2>&1",
+            server = bin.join("bff-session").display(),
+            data = dir.join("data").display(),
+            audit = audit.display(),
+            log = dir.join("server.log").display(),
+        );
+        run(Command::new(bin.join("bff-session-conformance")).current_dir(root()).args([
+            "run",
+            "--target",
+            &target,
+            "--policy",
+            preset,
+            "--sequences",
+            &sequences.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--provider-listen",
+            "127.0.0.1:0",
+            "--launch",
+            &launch,
+            "--trace",
+            &audit.display().to_string(),
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bff_presets() -> [&'static str; 3] {
+    ["default", "helix", "asvs-l2"]
 }
 
 /// core's normal dependency tree must not contain an I/O stack.

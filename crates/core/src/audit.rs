@@ -178,3 +178,80 @@ impl Event {
         (after.last_used_at() != before.last_used_at()).then_some(Self::Touched)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{self, Login, NewSession};
+    use crate::refresh::{RefreshResult, TokenGrant, Trigger};
+    use crate::session::{Device, OidcIdentity, UserId};
+    use crate::{Secret, SessionId, Timestamp};
+
+    fn grant() -> TokenGrant {
+        TokenGrant {
+            access_token: Secret::new("a"),
+            expires_in: Some(Duration::from_secs(600)),
+            refresh_token: Some(Secret::new("r")),
+            refresh_expires_in: None,
+            id_token: None,
+        }
+    }
+
+    /// Each transition names itself, and the events replay: that is what makes a trail checkable.
+    #[test]
+    fn each_transition_is_one_event() {
+        let policy = Policy::hardened();
+        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
+        let new = NewSession {
+            id: SessionId::from_random_bytes([1; 32]),
+            user: UserId::new("u"),
+            login: Login::Oidc { identity, grant: grant() },
+            device: Device::default(),
+        };
+        let t0 = Timestamp::from_millis(1_000_000);
+        let mut s = lifecycle::create(&new, t0, &policy).outcome;
+        assert_eq!(
+            Event::between(None, &s),
+            Some(Event::Created { access_expires_at: Some(1_600_000), refresh_token: true })
+        );
+        fn step(s: &mut Session, f: impl FnOnce(&mut Session)) -> Option<Event> {
+            let before = s.clone();
+            f(s);
+            Event::between(Some(&before), s)
+        }
+        let t1 = t0.saturating_add(Duration::from_secs(540));
+        assert_eq!(step(&mut s, |s| drop(lifecycle::touch(s, t1, &policy))), Some(Event::Touched));
+        let mut ticket = None;
+        assert_eq!(
+            step(&mut s, |s| ticket = lifecycle::begin_refresh(s, Trigger::Request, t1, &policy).outcome.ok()),
+            Some(Event::RefreshStarted)
+        );
+        let ticket = ticket.unwrap();
+        assert_eq!(
+            step(&mut s, |s| drop(lifecycle::complete_refresh(
+                Some(s),
+                &ticket,
+                RefreshResult::Transient,
+                t1,
+                &policy
+            ))),
+            Some(Event::RefreshFailed { error: RefreshError::Transient })
+        );
+        let t2 = t1.saturating_add(Duration::from_secs(2));
+        let ticket = lifecycle::begin_refresh(&mut s, Trigger::Request, t2, &policy).outcome.unwrap();
+        assert_eq!(
+            step(&mut s, |s| drop(lifecycle::complete_refresh(
+                Some(s),
+                &ticket,
+                RefreshResult::Success(grant()),
+                t2,
+                &policy
+            ))),
+            Some(Event::RefreshSucceeded { access_expires_at: t2.as_millis() + 600_000 })
+        );
+        assert_eq!(
+            step(&mut s, |s| drop(lifecycle::revoke(s, RevocationReason::Logout, t2, &policy))),
+            Some(Event::Revoked { reason: RevocationReason::Logout })
+        );
+    }
+}
