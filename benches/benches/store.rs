@@ -9,7 +9,7 @@ use bff_session_core::record;
 use bff_session_core::record::Sealer as _;
 use bff_session_core::{Policy, RevocationReason, Timestamp};
 use bff_session_server::seal::TokenSealer;
-use bff_session_server::store::Store;
+use bff_session_server::store::SledStore as Store;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);

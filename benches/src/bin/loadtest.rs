@@ -57,6 +57,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         demo: false,
         cache_bytes: 256 << 20,
         audit_log: None,
+        store: None,
     }
 }
 
@@ -174,7 +175,8 @@ async fn scale(n: u64) -> Value {
     // 100 sessions created 7 days minus 10 minutes ago are due (absolute deadline) 10 minutes from now.
     let early = now.saturating_sub(policy.absolute_lifetime - Duration::from_secs(600));
     let started = Instant::now();
-    let store = &service.store;
+    // Loading is sled's synchronous API on two threads; the server under test uses the same store.
+    let bff_session_server::store::Store::Sled(store) = &service.store else { panic!("the load test uses sled") };
     let shared = &policy;
     std::thread::scope(|scope| {
         for part in 0..2u64 {

@@ -41,6 +41,7 @@ fn conforms(preset: &str) {
         demo: false,
         cache_bytes: 16 << 20,
         audit_log: Some(audit.clone()),
+        store: None,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     let report = harness.run(&rt);

@@ -40,6 +40,10 @@ pub struct Common {
     /// or localhost. Default: http://localhost:PORT for the demo, http://LISTEN otherwise.
     #[arg(long, env = "BFF_SESSION_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Where sessions are stored: sled:PATH (default: sled in DATA_DIR) or postgres://USER:PASSWORD@HOST/DB,
+    /// shared by every replica (give them all the same --key-file).
+    #[arg(long, env = "BFF_SESSION_STORE", value_parser = crate::store::Location::parse)]
+    pub store: Option<crate::store::Location>,
     /// Folder for the sled database and, unless --key-file is given, the token encryption key.
     #[arg(long, env = "BFF_SESSION_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -149,6 +153,8 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Where the audit trail goes, if anywhere.
     pub audit_log: Option<PathBuf>,
+    /// Where sessions live; `None`: sled in `data_dir`.
+    pub store: Option<crate::store::Location>,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -238,6 +244,7 @@ impl Common {
             demo,
             cache_bytes: self.cache_mb.saturating_mul(1 << 20),
             audit_log: self.audit_log,
+            store: self.store,
         })
     }
 }

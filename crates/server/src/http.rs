@@ -178,7 +178,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
     let (route, result) = match (m, segments.as_slice()) {
         ("GET", ["healthz"]) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         ("GET", ["metrics"]) => ("metrics", Ok(text(app.service.metrics.render()))),
-        ("GET", ["auth", "login"]) => ("login", app.login(&req)),
+        ("GET", ["auth", "login"]) => ("login", app.login(&req).await),
         ("GET", ["auth", "callback"]) => ("callback", app.callback(&req).await),
         ("GET", ["auth", "session"]) => ("session", app.session(&req).await),
         ("POST", ["auth", "logout"]) => ("logout", app.logout(&req).await),
@@ -317,7 +317,7 @@ impl App {
         }
     }
 
-    fn login(&self, req: &Req) -> Result<Response, ApiError> {
+    async fn login(&self, req: &Req) -> Result<Response, ApiError> {
         let q = query_map(&req.query);
         let return_to = match q.get("return_to") {
             Some(p) => return_path::validate(p)
@@ -334,7 +334,7 @@ impl App {
             return_to: return_to.as_str().to_owned(),
             expires_ms: now.saturating_add(login::LIFETIME).as_millis(),
         };
-        let cookie_value = login::save(&self.service.store, &pending)?;
+        let cookie_value = login::save(&self.service.store, &pending).await?;
         let mut r = no_store(redirect(&start.url));
         add_cookie(&mut r, &self.cookies.set(Kind::Login, &cookie_value, login::LIFETIME));
         Ok(r)
@@ -354,7 +354,7 @@ impl App {
             return Err(fail("login_not_started", "no login in progress in this browser"));
         };
         let now = self.service.clock.now();
-        let pending = login::take(&self.service.store, &login_cookie, now.as_millis())?
+        let pending = login::take(&self.service.store, &login_cookie, now.as_millis()).await?
             .ok_or_else(|| fail("login_expired", "this login is unknown, used or expired; start again"))?;
         if let Some(error) = q.get("error") {
             warn!(provider_error = %error.chars().take(64).collect::<String>(), "provider refused the login");
@@ -445,7 +445,7 @@ impl App {
 
     async fn logout_all(&self, req: &Req) -> Result<Response, ApiError> {
         let (s, _) = self.authenticated(req).await?;
-        let keys = self.service.store.keys_of_user(s.user().as_str())?;
+        let keys = self.service.store.keys_of_user(s.user().as_str()).await?;
         let ended = self.service.revoke_all(keys, RevocationReason::LogoutEverywhere).await?;
         let mut r = no_store(json_response(StatusCode::OK, &json!({ "ended": ended })));
         self.clear_cookies(&mut r);
@@ -456,7 +456,8 @@ impl App {
         let (current, _) = self.authenticated(req).await?;
         let list: Vec<serde_json::Value> = self
             .service
-            .sessions_of(current.user().as_str())?
+            .sessions_of(current.user().as_str())
+            .await?
             .iter()
             .map(|s| {
                 json!({
@@ -478,7 +479,8 @@ impl App {
         let handle = Handle::parse(handle).ok_or_else(not_found)?;
         let target = self
             .service
-            .sessions_of(current.user().as_str())?
+            .sessions_of(current.user().as_str())
+            .await?
             .into_iter()
             .find(|s| s.handle() == handle)
             .ok_or_else(not_found)?;
@@ -499,18 +501,13 @@ impl App {
             warn!(error = %e, "back-channel logout token refused");
             bad(e.to_string())
         })?;
-        let fresh = self
-            .service
-            .store
-            .jtis
-            .compare_and_swap(claims.jti.as_bytes(), None::<&[u8]>, Some(claims.exp.to_be_bytes().as_slice()))
-            .map_err(|e| ApiError::from(crate::store::StoreError::from(e)))?;
-        if fresh.is_err() {
+        let fresh = self.service.store.remember_jti(&claims.jti, claims.exp).await?;
+        if !fresh {
             return Err(bad("logout token replayed (jti already seen)".into()));
         }
         let keys = match (&claims.sid, &claims.sub) {
-            (Some(sid), _) => self.service.store.keys_of_sid(&claims.iss, sid)?,
-            (None, Some(sub)) => self.service.store.keys_of_sub(&claims.iss, sub)?,
+            (Some(sid), _) => self.service.store.keys_of_sid(&claims.iss, sid).await?,
+            (None, Some(sub)) => self.service.store.keys_of_sub(&claims.iss, sub).await?,
             (None, None) => Vec::new(),
         };
         let ended = self.service.revoke_all(keys, RevocationReason::BackchannelLogout).await?;

@@ -102,13 +102,11 @@ pub async fn start_with_shutdown(
     let key_file = settings.key_file.clone().unwrap_or_else(|| settings.data_dir.join("token.key"));
     let sealer =
         seal::TokenSealer::from_file(&key_file, settings.key_file.is_none()).map_err(|e| fail("token key", &e))?;
-    let store = store::Store::open(
-        &settings.data_dir.join("sessions.sled"),
-        sealer,
-        settings.policy.clone(),
-        settings.cache_bytes,
-    )
-    .map_err(|e| fail("cannot open the session store", &e))?;
+    let location =
+        settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
+    let store = store::Store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)
+        .await
+        .map_err(|e| fail("cannot open the session store", &e))?;
 
     let listener = TcpListener::bind(settings.listen)
         .await

@@ -30,22 +30,22 @@ impl PendingLogin {
     }
 }
 
-fn store_key(cookie_value: &str) -> Vec<u8> {
-    Sha256::digest(cookie_value.as_bytes()).to_vec()
+fn store_key(cookie_value: &str) -> [u8; 32] {
+    Sha256::digest(cookie_value.as_bytes()).into()
 }
 
 /// Saves a pending login; returns the value for the login cookie.
-pub fn save(store: &Store, login: &PendingLogin) -> Result<String, crate::service::ServiceError> {
+pub async fn save(store: &Store, login: &PendingLogin) -> Result<String, crate::service::ServiceError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| crate::service::ServiceError::Random(e.to_string()))?;
     let cookie = URL_SAFE_NO_PAD.encode(bytes);
     let value = serde_json::to_vec(login).unwrap_or_default();
-    store.logins.insert(store_key(&cookie), value).map_err(StoreError::from)?;
+    store.put_login(&store_key(&cookie), &value, login.expires_ms).await?;
     Ok(cookie)
 }
 
 /// Takes the pending login for a cookie value, once. `Ok(None)`: unknown, used or expired.
-pub fn take(store: &Store, cookie_value: &str, now_ms: u64) -> Result<Option<PendingLogin>, StoreError> {
-    let Some(bytes) = store.logins.remove(store_key(cookie_value))? else { return Ok(None) };
+pub async fn take(store: &Store, cookie_value: &str, now_ms: u64) -> Result<Option<PendingLogin>, StoreError> {
+    let Some(bytes) = store.take_login(&store_key(cookie_value)).await? else { return Ok(None) };
     Ok(PendingLogin::decode(&bytes).filter(|p| p.expires_ms > now_ms))
 }

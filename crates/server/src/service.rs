@@ -141,7 +141,7 @@ impl Service {
     ) -> Result<Applied<T>, ServiceError> {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
-            let previous = match self.store.get(&key) {
+            let previous = match self.store.get(&key).await {
                 Ok(p) => p,
                 Err(StoreError::Corrupt { key, error }) => {
                     warn!(session = %key, %error, "corrupt session record treated as unknown");
@@ -154,7 +154,7 @@ impl Service {
             if let (Some(new), true) =
                 (&current, current.as_ref().map(Session::version) != previous.as_deref().map(Session::version))
             {
-                match self.store.put(previous.as_deref(), new) {
+                match self.store.put(previous.as_deref(), new).await {
                     Ok(()) => {}
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),
@@ -206,7 +206,7 @@ impl Service {
         }
         let now = self.clock.now();
         let t = lifecycle::create(new, now, &self.policy);
-        self.store.put(None, &t.outcome)?;
+        self.store.put(None, &t.outcome).await?;
         if let Some(audit) = &self.audit {
             audit.record(now, None, &t.outcome);
         }
@@ -237,7 +237,7 @@ impl Service {
         };
         let key = id.key();
         // Most requests change nothing: read, let core check, and answer without copying or writing.
-        if let Ok(Some(session)) = self.store.get(&key)
+        if let Ok(Some(session)) = self.store.get(&key).await
             && let Ok(auth) = lifecycle::check(&session, self.clock.now(), &self.policy)
             && !auth.touch_due
         {
@@ -315,7 +315,7 @@ impl Service {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let current = self.store.get(&key)?;
+                let current = self.store.get(&key).await?;
                 return Ok(current.ok_or(Refusal::Unknown));
             }
         }
@@ -389,10 +389,10 @@ impl Service {
     }
 
     /// The user's active sessions.
-    pub fn sessions_of(&self, user: &str) -> Result<Vec<Arc<Session>>, ServiceError> {
+    pub async fn sessions_of(&self, user: &str) -> Result<Vec<Arc<Session>>, ServiceError> {
         let mut out = Vec::new();
-        for key in self.store.keys_of_user(user)? {
-            match self.store.get(&key) {
+        for key in self.store.keys_of_user(user).await? {
+            match self.store.get(&key).await {
                 Ok(Some(s)) if s.is_active() => out.push(s),
                 Ok(_) => {}
                 Err(StoreError::Corrupt { key, error }) => warn!(session = %key, %error, "corrupt record skipped"),
@@ -412,9 +412,9 @@ impl Service {
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut refreshes = Vec::new();
         let mut done = 0;
-        for key in self.store.due(now, 10_000)? {
-            match self.store.get(&key) {
-                Ok(Some(s)) if s.delete_at(&self.policy).is_some_and(|at| now >= at) => match self.store.delete(&s) {
+        for key in self.store.due(now, 10_000).await? {
+            match self.store.get(&key).await {
+                Ok(Some(s)) if s.delete_at(&self.policy).is_some_and(|at| now >= at) => match self.store.delete(&s).await {
                     Ok(()) | Err(StoreError::Conflict) => done += 1,
                     Err(e) => return Err(e.into()),
                 },
@@ -436,16 +436,16 @@ impl Service {
                     done += 1;
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => self.store.unschedule(now, &key)?,
+                Ok(None) => self.store.unschedule(now, &key).await?,
                 Err(StoreError::Corrupt { key, error }) => {
                     warn!(session = %key, %error, "deleting corrupt session record");
-                    self.store.purge_corrupt(&key)?;
-                    self.store.unschedule(now, &key)?;
+                    self.store.purge_corrupt(&key).await?;
+                    self.store.unschedule(now, &key).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        self.sweep_logins(now);
+        self.sweep_logins(now).await;
         // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline. sled
         // flushes on its own every half second. Refreshes store their tokens durably themselves.
         for r in refreshes {
@@ -454,17 +454,11 @@ impl Service {
         Ok(done)
     }
 
-    fn sweep_logins(&self, now: Timestamp) {
-        let expired: Vec<_> = self
-            .store
-            .logins
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| crate::login::PendingLogin::decode(v).is_none_or(|p| p.expires_ms <= now.as_millis()))
-            .map(|(k, _)| k)
-            .collect();
-        for k in expired {
-            let _ = self.store.logins.remove(k);
+    async fn sweep_logins(&self, now: Timestamp) {
+        let now_ms = now.as_millis();
+        let expired = |v: &[u8]| crate::login::PendingLogin::decode(v).is_none_or(|p| p.expires_ms <= now_ms);
+        if let Err(e) = self.store.sweep_logins(now_ms, expired).await {
+            warn!(error = %e, "expired pending logins not swept");
         }
     }
 

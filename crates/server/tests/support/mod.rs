@@ -40,6 +40,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         demo: true,
         cache_bytes: 64 << 20,
         audit_log: None,
+        store: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Durable session storage in sled.
+//! The embedded store: sessions in sled, for one machine.
 //!
 //! Owns the byte layout on disk and the indexes: records by key, a schedule of each record's next event
 //! (so sweeps cost in proportion to due sessions), and active sessions by user, `(iss, sid)` and
@@ -6,42 +6,19 @@
 //! index changes, so a stale write can never overwrite a newer one or bring back a revoked session. It never
 //! decides anything about a session: the transitions come from core.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use bff_session_core::record::{self, DecodeError};
+use bff_session_core::record;
 use bff_session_core::{Policy, Session, SessionKey, Timestamp};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
+use super::{Decoded, StoreError};
 use crate::seal::TokenSealer;
 
 const SEP: u8 = 0xff;
-
-/// Why a store operation failed.
-#[derive(Debug)]
-pub enum StoreError {
-    /// The disk or sled failed; the operation may be retried.
-    Io(String),
-    /// The record changed since it was read; re-read and try again.
-    Conflict,
-    /// A stored record does not decode.
-    Corrupt { key: SessionKey, error: DecodeError },
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "session store unavailable: {e}"),
-            Self::Conflict => f.write_str("session record changed concurrently"),
-            Self::Corrupt { key, error } => write!(f, "session record {key} is corrupt: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -50,28 +27,23 @@ impl From<sled::Error> for StoreError {
 }
 
 /// The sled database with its trees.
-pub struct Store {
+pub struct SledStore {
     db: Db,
     sessions: Tree,
     schedule: Tree,
     by_user: Tree,
     by_sid: Tree,
     by_sub: Tree,
-    pub(crate) logins: Tree,
-    pub(crate) jtis: Tree,
+    logins: Tree,
+    jtis: Tree,
     sealer: TokenSealer,
     policy: Policy,
-    /// Decoded records by key and version. Every `get` still reads sled and compares the version, so an
-    /// entry is used only while it is exactly what is stored; it saves the decode and the token decryption.
-    decoded: RwLock<HashMap<SessionKey, (u64, Arc<Session>)>>,
+    decoded: Decoded,
 }
 
-/// Decoded records kept, at most (about 2.5 KB each).
-const DECODED_CAPACITY: usize = 10_000;
-
-impl fmt::Debug for Store {
+impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+        f.debug_struct("SledStore").field("sessions", &self.sessions.len()).finish_non_exhaustive()
     }
 }
 
@@ -127,7 +99,7 @@ fn keys_from(tree: &Tree, prefix: &[u8]) -> Result<Vec<SessionKey>, StoreError> 
     Ok(keys)
 }
 
-impl Store {
+impl SledStore {
     /// Opens (or creates) the store. sled's page cache is bounded at `cache_bytes`.
     pub fn open(path: &Path, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
@@ -142,7 +114,7 @@ impl Store {
             db,
             sealer,
             policy,
-            decoded: RwLock::new(HashMap::new()),
+            decoded: Decoded::default(),
         })
     }
 
@@ -159,23 +131,13 @@ impl Store {
     pub fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(bytes) = self.sessions.get(key.as_bytes())? else { return Ok(None) };
         let version = version_of(&bytes);
-        if let Ok(cache) = self.decoded.read()
-            && let Some((v, s)) = cache.get(key)
-            && *v == version
-        {
-            return Ok(Some(s.clone()));
+        if let Some(s) = self.decoded.get(key, version) {
+            return Ok(Some(s));
         }
         let body = bytes.get(8..).unwrap_or_default();
         let session =
             Arc::new(record::decode(body, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?);
-        if let Ok(mut cache) = self.decoded.write() {
-            if cache.len() >= DECODED_CAPACITY
-                && let Some(evict) = cache.keys().next().copied()
-            {
-                cache.remove(&evict);
-            }
-            cache.insert(*key, (version, session.clone()));
-        }
+        self.decoded.insert(*key, version, session.clone());
         Ok(Some(session))
     }
 
@@ -282,6 +244,32 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    pub fn put_login(&self, key: &[u8; 32], value: &[u8], _expires_ms: u64) -> Result<(), StoreError> {
+        self.logins.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Removes and returns the pending login under `key`: a second take finds nothing.
+    pub fn take_login(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.logins.remove(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Drops pending logins that `expired` says are over.
+    pub fn sweep_logins(&self, expired: impl Fn(&[u8]) -> bool) -> Result<(), StoreError> {
+        let keys: Vec<_> =
+            self.logins.iter().filter_map(Result::ok).filter(|(_, v)| expired(v)).map(|(k, _)| k).collect();
+        for k in keys {
+            self.logins.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Records a logout token's `jti`; `false` if it was seen before.
+    pub fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
+        let swapped = self.jtis.compare_and_swap(jti.as_bytes(), None::<&[u8]>, Some(exp.to_be_bytes().as_slice()))?;
+        Ok(swapped.is_ok())
     }
 
     /// Waits until every write so far is on disk.

@@ -1,0 +1,320 @@
+//! The shared store: sessions in PostgreSQL, so several replicas serve one user base.
+//!
+//! Owns the schema and its versioned migrations, and the SQL of each store operation. The session key (a
+//! hash of the ID) is the primary key; tokens are sealed inside the record exactly as with sled. Every
+//! update is a compare-and-swap on the `version` column, and a trigger refuses any write that would make an
+//! ended session active again, so a tombstone is final whatever a replica does. Due records are claimed
+//! with `FOR UPDATE SKIP LOCKED` from an index on the next event, so replicas share background work without
+//! doing it twice or scanning all sessions. It never decides anything about a session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bff_session_core::record;
+use bff_session_core::{Policy, Session, SessionKey, Timestamp};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+use super::{Decoded, StoreError};
+use crate::seal::TokenSealer;
+
+/// The schema, in order. Each runs once, inside the transaction that records it; never edit one that has
+/// shipped, add the next.
+const MIGRATIONS: [(i32, &str); 1] = [(
+    1,
+    "CREATE TABLE bff_sessions (
+        key bytea PRIMARY KEY,
+        version bigint NOT NULL,
+        record bytea NOT NULL,
+        active boolean NOT NULL,
+        user_id text NOT NULL,
+        iss text,
+        sid text,
+        sub text,
+        next_event bigint,
+        claimed_until bigint
+    );
+    CREATE INDEX bff_sessions_by_user ON bff_sessions (user_id) WHERE active;
+    CREATE INDEX bff_sessions_by_sid ON bff_sessions (iss, sid) WHERE active;
+    CREATE INDEX bff_sessions_by_sub ON bff_sessions (iss, sub) WHERE active;
+    CREATE INDEX bff_sessions_due ON bff_sessions (next_event) WHERE next_event IS NOT NULL;
+    CREATE FUNCTION bff_tombstones_are_final() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NOT OLD.active AND NEW.active THEN
+            RAISE EXCEPTION 'bff-session: an ended session cannot become active again';
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER bff_tombstones_are_final BEFORE UPDATE ON bff_sessions
+        FOR EACH ROW EXECUTE FUNCTION bff_tombstones_are_final();
+    CREATE TABLE bff_logins (key bytea PRIMARY KEY, value bytea NOT NULL, expires_ms bigint NOT NULL);
+    CREATE TABLE bff_jtis (jti text PRIMARY KEY, exp bigint NOT NULL);",
+)];
+
+/// Serialises migrations of replicas starting at once (an arbitrary, fixed advisory-lock number).
+const MIGRATION_LOCK: i64 = 0x6266_6673_6573_7331;
+
+/// How long a replica keeps due records it claimed before another may take them.
+const CLAIM: Duration = Duration::from_secs(60);
+
+/// Which active-session index a lookup uses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Index {
+    User,
+    Sid,
+    Sub,
+}
+
+pub struct PgStore {
+    pool: Pool,
+    sealer: TokenSealer,
+    policy: Policy,
+    decoded: Decoded,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish_non_exhaustive()
+    }
+}
+
+fn io(e: impl fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn key_of(bytes: &[u8]) -> Option<SessionKey> {
+    <[u8; 32]>::try_from(bytes).ok().map(SessionKey::from_bytes)
+}
+
+fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connects, and applies the migrations this database has not seen.
+    pub async fn connect(url: &str, sealer: TokenSealer, policy: Policy) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(io)?;
+        config.connect_timeout(Duration::from_secs(5));
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeouts = Timeouts {
+            wait: Some(Duration::from_secs(5)),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(io)?;
+        let store = Self { pool, sealer, policy, decoded: Decoded::default() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(io)
+    }
+
+    /// Applies pending migrations, one transaction each, under an advisory lock. Running it again, or from
+    /// two replicas at once, changes nothing.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS bff_schema_migrations (
+                    version integer PRIMARY KEY,
+                    applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(io)?;
+        for (version, sql) in MIGRATIONS {
+            let tx = client.transaction().await.map_err(io)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(io)?;
+            let applied = tx
+                .query_opt("SELECT 1 FROM bff_schema_migrations WHERE version = $1", &[&version])
+                .await
+                .map_err(io)?
+                .is_some();
+            if !applied {
+                tx.batch_execute(sql).await.map_err(io)?;
+                tx.execute("INSERT INTO bff_schema_migrations (version) VALUES ($1)", &[&version]).await.map_err(io)?;
+            }
+            tx.commit().await.map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// The migrations applied, in order.
+    pub async fn applied_migrations(&self) -> Result<Vec<i32>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT version FROM bff_schema_migrations ORDER BY version", &[]).await.map_err(io)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT version, record FROM bff_sessions WHERE key = $1", &[&key.as_bytes().as_slice()])
+            .await
+            .map_err(io)?;
+        let Some(row) = row else { return Ok(None) };
+        let version = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if let Some(s) = self.decoded.get(key, version) {
+            return Ok(Some(s));
+        }
+        let bytes: Vec<u8> = row.get(1);
+        let session =
+            Arc::new(record::decode(&bytes, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?);
+        self.decoded.insert(*key, version, session.clone());
+        Ok(Some(session))
+    }
+
+    pub async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let key = new.key();
+        let record = record::encode(new, &self.sealer);
+        let oidc = new.oidc();
+        let iss = oidc.map(|o| o.iss.as_str());
+        let sid = oidc.and_then(|o| o.sid.as_deref());
+        let sub = oidc.map(|o| o.sub.as_str());
+        let next_event = new.next_event(&self.policy).map(ms);
+        let version = signed(new.version());
+        let active = new.is_active();
+        let user = new.user().as_str();
+        let key_bytes = key.as_bytes().as_slice();
+        let written = match previous {
+            None => client
+                .execute(
+                    "INSERT INTO bff_sessions (key, version, record, active, user_id, iss, sid, sub, next_event)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key) DO NOTHING",
+                    &[&key_bytes, &version, &record, &active, &user, &iss, &sid, &sub, &next_event],
+                )
+                .await
+                .map_err(io)?,
+            Some(previous) => client
+                .execute(
+                    "UPDATE bff_sessions SET version = $2, record = $3, active = $4, user_id = $5, iss = $6,
+                        sid = $7, sub = $8, next_event = $9, claimed_until = NULL
+                     WHERE key = $1 AND version = $10",
+                    &[
+                        &key_bytes,
+                        &version,
+                        &record,
+                        &active,
+                        &user,
+                        &iss,
+                        &sid,
+                        &sub,
+                        &next_event,
+                        &signed(previous.version()),
+                    ],
+                )
+                .await
+                .map_err(io)?,
+        };
+        if written == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+    }
+
+    pub async fn delete(&self, previous: &Session) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM bff_sessions WHERE key = $1 AND version = $2",
+                &[&previous.key().as_bytes().as_slice(), &signed(previous.version())],
+            )
+            .await
+            .map_err(io)?;
+        if deleted == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+    }
+
+    pub async fn purge_corrupt(&self, key: &SessionKey) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM bff_sessions WHERE key = $1", &[&key.as_bytes().as_slice()]).await.map_err(io)?;
+        Ok(())
+    }
+
+    pub(crate) async fn keys_of(&self, index: Index, values: &[&str]) -> Result<Vec<SessionKey>, StoreError> {
+        let client = self.client().await?;
+        let rows = match (index, values) {
+            (Index::User, [user]) => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND user_id = $1", &[user]).await
+            }
+            (Index::Sid, [iss, sid]) => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sid = $2", &[iss, sid]).await
+            }
+            (Index::Sub, [iss, sub]) => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sub = $2", &[iss, sub]).await
+            }
+            _ => return Ok(Vec::new()),
+        }
+        .map_err(io)?;
+        Ok(rows.iter().filter_map(|r| key_of(r.get::<_, &[u8]>(0))).collect())
+    }
+
+    pub async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
+        let client = self.client().await?;
+        let until = ms(now.saturating_add(CLAIM));
+        let rows = client
+            .query(
+                "UPDATE bff_sessions SET claimed_until = $2 WHERE key IN (
+                    SELECT key FROM bff_sessions
+                    WHERE next_event <= $1 AND (claimed_until IS NULL OR claimed_until <= $1)
+                    ORDER BY next_event LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING key, next_event",
+                &[&ms(now), &until, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(io)?;
+        let mut due: Vec<(i64, SessionKey)> =
+            rows.iter().filter_map(|r| Some((r.get::<_, i64>(1), key_of(r.get::<_, &[u8]>(0))?))).collect();
+        due.sort();
+        Ok(due.into_iter().map(|(_, k)| k).collect())
+    }
+
+    pub async fn put_login(&self, key: &[u8; 32], value: &[u8], expires_ms: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO bff_logins (key, value, expires_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms",
+                &[&key.as_slice(), &value, &signed(expires_ms)],
+            )
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    pub async fn take_login(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("DELETE FROM bff_logins WHERE key = $1 RETURNING value", &[&key.as_slice()])
+            .await
+            .map_err(io)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn sweep_logins(&self, now_ms: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM bff_logins WHERE expires_ms <= $1", &[&signed(now_ms)]).await.map_err(io)?;
+        Ok(())
+    }
+
+    pub async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute("INSERT INTO bff_jtis (jti, exp) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING", &[
+                &jti,
+                &signed(exp),
+            ])
+            .await
+            .map_err(io)?;
+        Ok(inserted == 1)
+    }
+}
