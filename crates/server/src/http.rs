@@ -354,7 +354,8 @@ impl App {
             return Err(fail("login_not_started", "no login in progress in this browser"));
         };
         let now = self.service.clock.now();
-        let pending = login::take(&self.service.store, &login_cookie, now.as_millis()).await?
+        let pending = login::take(&self.service.store, &login_cookie, now.as_millis())
+            .await?
             .ok_or_else(|| fail("login_expired", "this login is unknown, used or expired; start again"))?;
         if let Some(error) = q.get("error") {
             warn!(provider_error = %error.chars().take(64).collect::<String>(), "provider refused the login");

@@ -412,12 +412,15 @@ impl Service {
         let limit = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut refreshes = Vec::new();
         let mut done = 0;
-        for key in self.store.due(now, 10_000).await? {
+        let due = self.store.due(now, 10_000).await?;
+        for &key in &due {
             match self.store.get(&key).await {
-                Ok(Some(s)) if s.delete_at(&self.policy).is_some_and(|at| now >= at) => match self.store.delete(&s).await {
-                    Ok(()) | Err(StoreError::Conflict) => done += 1,
-                    Err(e) => return Err(e.into()),
-                },
+                Ok(Some(s)) if s.delete_at(&self.policy).is_some_and(|at| now >= at) => {
+                    match self.store.delete(&s).await {
+                        Ok(()) | Err(StoreError::Conflict) => done += 1,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
                 Ok(Some(s)) if s.is_active() && s.expired_at(now, &self.policy).is_some() => {
                     let expire = |s: Option<&mut Session>, now, p: &Policy| match s {
                         Some(s) => lifecycle::expire_if_due(s, now, p),
@@ -451,6 +454,8 @@ impl Service {
         for r in refreshes {
             let _ = r.await;
         }
+        // Whatever this pass did not write goes back to the pool for the next pass of any replica.
+        self.store.release(&due).await?;
         Ok(done)
     }
 

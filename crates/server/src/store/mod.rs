@@ -153,6 +153,15 @@ impl Store {
         }
     }
 
+    /// Gives back due keys a pass claimed and did not write (PostgreSQL; sled claims nothing), so the next
+    /// pass of any replica sees them again.
+    pub async fn release(&self, keys: &[SessionKey]) -> Result<(), StoreError> {
+        match self {
+            Self::Sled(_) => Ok(()),
+            Self::Postgres(p) => p.release(keys).await,
+        }
+    }
+
     /// Drops schedule entries whose record is gone (sled keeps its schedule apart from the records).
     pub async fn unschedule(&self, at_or_before: Timestamp, key: &SessionKey) -> Result<(), StoreError> {
         match self {

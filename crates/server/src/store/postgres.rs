@@ -100,19 +100,14 @@ impl PgStore {
     pub async fn connect(url: &str, sealer: TokenSealer, policy: Policy) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(io)?;
         config.connect_timeout(Duration::from_secs(5));
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeouts = Timeouts {
             wait: Some(Duration::from_secs(5)),
             create: Some(Duration::from_secs(5)),
             recycle: Some(Duration::from_secs(5)),
         };
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(io)?;
+        let pool =
+            Pool::builder(manager).max_size(16).timeouts(timeouts).runtime(Runtime::Tokio1).build().map_err(io)?;
         let store = Self { pool, sealer, policy, decoded: Decoded::default() };
         store.migrate().await?;
         Ok(store)
@@ -278,6 +273,19 @@ impl PgStore {
         Ok(due.into_iter().map(|(_, k)| k).collect())
     }
 
+    pub async fn release(&self, keys: &[SessionKey]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes().as_slice()).collect();
+        client
+            .execute("UPDATE bff_sessions SET claimed_until = NULL WHERE key = ANY($1)", &[&keys])
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
     pub async fn put_login(&self, key: &[u8; 32], value: &[u8], expires_ms: u64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -309,10 +317,10 @@ impl PgStore {
     pub async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let inserted = client
-            .execute("INSERT INTO bff_jtis (jti, exp) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING", &[
-                &jti,
-                &signed(exp),
-            ])
+            .execute(
+                "INSERT INTO bff_jtis (jti, exp) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                &[&jti, &signed(exp)],
+            )
             .await
             .map_err(io)?;
         Ok(inserted == 1)
