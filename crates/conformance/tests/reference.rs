@@ -5,13 +5,23 @@
 
 use std::time::Duration;
 
+mod support;
+
 use bff_session_conformance::provider::{CLIENT_ID, CLIENT_SECRET};
 use bff_session_conformance::run::{Harness, Options};
 use bff_session_core::Policy;
 use bff_session_core::client_ip::TrustedProxies;
 use bff_session_server::config::{Provider, Settings, Upstream};
 
-fn conforms(preset: &str) {
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    harness: Harness,
+    server: bff_session_server::Running,
+    audit: std::path::PathBuf,
+}
+
+fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -29,7 +39,7 @@ fn conforms(preset: &str) {
         key_file: None,
         policy: Policy::preset(preset).unwrap(),
         trusted_proxies: TrustedProxies::parse("").unwrap(),
-        refresh_timeout: Duration::from_secs(10),
+        refresh_timeout,
         test_clock: true,
         provider: Provider::External {
             issuer: harness.provider.issuer.clone(),
@@ -44,6 +54,12 @@ fn conforms(preset: &str) {
         store: None,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
+    Setup { rt, dir, harness, server, audit }
+}
+
+fn conforms(preset: &str) {
+    let Setup { rt, dir: _dir, harness, server, audit } = setup(preset, Duration::from_secs(10));
+    let options = harness.options.clone();
     let report = harness.run(&rt);
     println!("{}", report.render(&options));
     assert!(report.failure.is_none(), "{}", report.render(&options));
@@ -66,4 +82,26 @@ fn the_reference_server_conforms_under_helix() {
 #[test]
 fn the_reference_server_conforms_under_asvs_l2() {
     conforms("asvs-l2");
+}
+
+/// A provider slower than half the refresh time limit: the lease is renewed while the call runs, the call
+/// succeeds, and the trail (renewal included) conforms.
+#[test]
+fn a_slow_refresh_keeps_its_lease() {
+    let s = setup("default", Duration::from_secs(2));
+    let base = format!("http://{}", s.server.addr);
+    let mut browser = support::cluster::Client::new();
+    s.rt.block_on(browser.login(&base, "slow"));
+    // A running clock (renewal needs time to pass), now past the access token's expiry.
+    let ttl = s.harness.options.token_ttl.as_millis() as u64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let set = serde_json::json!({ "set_ms": now + ttl + 1_000 });
+    s.rt.block_on(reqwest::Client::new().post(format!("{base}/__test/clock")).json(&set).send()).unwrap();
+    s.harness.provider.idp.fail_next_refresh(bff_session_dev_idp::Fault::Delay(Duration::from_millis(1_600)));
+    let r = s.rt.block_on(browser.send(reqwest::Method::GET, &format!("{base}/api/userinfo"), false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.rt.block_on(s.server.stop());
+    let trail = std::fs::read_to_string(&s.audit).unwrap();
+    assert!(trail.contains(r#""event":"lease_renewed""#), "{trail}");
+    assert!(bff_session_core::trace::check(&trail, None).unwrap().is_ok(), "{trail}");
 }

@@ -23,6 +23,7 @@ fn every_event_core_writes_is_in_the_schema_and_no_other() {
         Event::Created { access_expires_at: Some(1), refresh_token: true },
         Event::Touched,
         Event::RefreshStarted,
+        Event::LeaseRenewed,
         Event::RefreshSucceeded { access_expires_at: 1 },
         Event::RefreshFailed { error: RefreshError::Transient },
         Event::Expired { reason: ExpiryReason::Idle },

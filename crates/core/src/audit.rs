@@ -25,6 +25,8 @@ pub enum Event {
     Touched,
     /// A refresh ticket was issued (the lease is held).
     RefreshStarted,
+    /// The lease of the refresh in flight was extended: the provider is slow to answer.
+    LeaseRenewed,
     /// The provider issued new tokens and the ticket's holder stored them.
     RefreshSucceeded {
         access_expires_at: u64,
@@ -166,6 +168,12 @@ impl Event {
         let (b, a) = (before.refresh_state(), after.refresh_state());
         if a.generation() > b.generation() {
             return Some(Self::RefreshStarted);
+        }
+        if let (Some(bl), Some(al)) = (b.lease(), a.lease())
+            && bl.generation == al.generation
+            && al.expires_at > bl.expires_at
+        {
+            return Some(Self::LeaseRenewed);
         }
         if b.lease().is_some() && a.lease().is_none() {
             if a.failures() > b.failures() {

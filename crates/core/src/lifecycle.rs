@@ -299,6 +299,33 @@ fn begin(
     Ok(RefreshTicket { key: s.key, generation, refresh_token, lease_expires_at: expires_at })
 }
 
+/// Extends a live lease while its provider call is still running, so a slow provider cannot let a second
+/// ticket be issued for the same refresh token. `Err(NotDue)` when the ticket is no longer the session's
+/// live one (it lapsed, was superseded or completed): its holder must not count on the lease any more.
+pub fn renew_lease(
+    session: &mut Session,
+    ticket: &RefreshTicket,
+    now: Timestamp,
+    policy: &Policy,
+) -> Transition<Result<Timestamp, RefreshRefusal>> {
+    let mut effects = Vec::new();
+    let outcome = ensure_live(session, now, policy, &mut effects).map_err(RefreshRefusal::Ended).and_then(|()| {
+        match session.refresh.live_lease(now) {
+            Some(lease) if lease.generation == ticket.generation && session.key == ticket.key => {
+                let expires_at = now.saturating_add(policy.refresh_lease).max(lease.expires_at);
+                // A renewal that moves nothing writes nothing.
+                if expires_at > lease.expires_at {
+                    session.refresh.lease = Some(Lease { generation: lease.generation, expires_at });
+                    bump(session, Durability::Lazy, &mut effects);
+                }
+                Ok(expires_at)
+            }
+            _ => Err(RefreshRefusal::NotDue),
+        }
+    });
+    Transition::new(outcome, effects)
+}
+
 /// Hands back a ticket with the provider's answer. `session` is `None` when the record is gone.
 pub fn complete_refresh(
     session: Option<&mut Session>,

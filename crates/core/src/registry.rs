@@ -185,6 +185,18 @@ impl Registry {
         })
     }
 
+    /// Extends the lease of a ticket whose provider call is still running.
+    pub fn renew_lease(
+        &mut self,
+        ticket: &RefreshTicket,
+        now: Timestamp,
+    ) -> Transition<Result<Timestamp, RefreshRefusal>> {
+        self.update(ticket.key, |s, policy| match s {
+            Some(s) => lifecycle::renew_lease(s, ticket, now, policy),
+            None => Transition::new(Err(RefreshRefusal::Ended(Refusal::Unknown)), Vec::new()),
+        })
+    }
+
     pub fn complete_refresh(
         &mut self,
         ticket: &RefreshTicket,

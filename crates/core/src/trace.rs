@@ -179,6 +179,19 @@ impl Replay {
                         Err(refusal) => return Err(fail(format!("refresh started, but {}", refused(refusal)))),
                     }
                 }
+                Event::LeaseRenewed => {
+                    let Some(t) = &ticket else {
+                        return Err(fail("a lease was renewed, but no refresh was in flight".into()));
+                    };
+                    if let Err(refusal) = r.renew_lease(t, now).outcome {
+                        return Err(fail(match refusal {
+                            RefreshRefusal::Ended(refusal) => {
+                                format!("a lease was renewed, but the {}", ended(refusal))
+                            }
+                            _ => "a lease was renewed after it had lapsed".into(),
+                        }));
+                    }
+                }
                 Event::RefreshSucceeded { access_expires_at } => {
                     let result = RefreshResult::Success(grant(now, *access_expires_at, true));
                     complete(r, ticket.take(), result, now, |c| matches!(c, RefreshCompletion::Refreshed { .. }))

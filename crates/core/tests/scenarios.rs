@@ -269,3 +269,25 @@ fn sealed_tokens_do_not_open_under_another_record() {
     assert_eq!(record::decode(&forged, &Unsealed), Err(DecodeError::Seal(SealError)));
     assert_ne!(bytes_a, bytes_b);
 }
+
+/// A slow provider call keeps its lease by renewing it; a lapsed or superseded ticket cannot renew, so it can
+/// never stretch a lease another ticket now holds.
+#[test]
+fn a_lease_is_renewed_only_by_its_live_ticket() {
+    let mut r = registry();
+    let s = oidc(1, Some(Duration::from_secs(600)));
+    let key = r.create(&s, None, at(Duration::ZERO)).outcome.unwrap();
+    let t0 = at(Duration::from_secs(590));
+    let ticket = r.begin_refresh(key, Trigger::Request, t0).outcome.unwrap();
+    let lease = r.policy().refresh_lease;
+    let renewed = r.renew_lease(&ticket, t0.saturating_add(lease / 2)).outcome.unwrap();
+    assert_eq!(renewed, t0.saturating_add(lease / 2).saturating_add(lease));
+    // While renewed, nobody else gets a ticket, even after the first lease would have lapsed.
+    let later = t0.saturating_add(lease + Duration::from_secs(1));
+    assert!(matches!(r.begin_refresh(key, Trigger::Request, later).outcome, Err(RefreshRefusal::InFlight { .. })));
+    // Once it lapses, another ticket is issued and the old one can renew nothing.
+    let lapsed = renewed.saturating_add(Duration::from_secs(1));
+    let second = r.begin_refresh(key, Trigger::Request, lapsed).outcome.unwrap();
+    assert_eq!(r.renew_lease(&ticket, lapsed).outcome, Err(RefreshRefusal::NotDue));
+    assert!(r.renew_lease(&second, lapsed).outcome.is_ok());
+}

@@ -199,3 +199,18 @@ fn unreadable_trails_are_errors_not_verdicts() {
     assert_eq!(check(&format!("{}\n{other}", header()), None), Err(TraceError::PolicyChanged { line: 2 }));
     let _ = PolicyMillis::from(&Policy::hardened());
 }
+
+/// A slow refresh renews its lease; a renewal after the lease lapsed is reported.
+#[test]
+fn lease_renewals_are_checked() {
+    let ok = [
+        ev(0, "a", 1, "created"),
+        ev(9, "a", 2, "refresh_started"),
+        // The lease is 30 s; minutes are too coarse, so renew at the same minute.
+        ev(9, "a", 3, "lease_renewed"),
+        ev(9, "a", 4, "refresh_succeeded"),
+    ];
+    assert!(check(&trail(&ok), None).unwrap().is_ok());
+    let lapsed = [ev(0, "a", 1, "created"), ev(9, "a", 2, "refresh_started"), ev(10, "a", 3, "lease_renewed")];
+    assert!(violation(&lapsed).message.contains("lapsed"));
+}

@@ -322,7 +322,7 @@ impl Service {
     }
 
     async fn run_refresh(self: &Arc<Self>, ticket: bff_session_core::RefreshTicket) {
-        let result = match tokio::time::timeout(self.refresh_timeout, self.oidc.refresh(&ticket.refresh_token)).await {
+        let result = match self.call_provider_keeping_lease(&ticket).await {
             Ok(Ok(grant)) => RefreshResult::Success(grant),
             Ok(Err(RefreshError::InvalidGrant)) => RefreshResult::InvalidGrant,
             Ok(Err(RefreshError::Transient(e))) => {
@@ -355,6 +355,39 @@ impl Service {
                 Err(e) => {
                     warn!(session = %ticket.key, error = %e, attempt, "cannot store refresh result; retrying");
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// The provider call of a ticket, with its time limit. While the call runs the lease is renewed, so a
+    /// slow provider cannot let the lease lapse and a second ticket (on another replica) present the same
+    /// refresh token.
+    async fn call_provider_keeping_lease(
+        self: &Arc<Self>,
+        ticket: &bff_session_core::RefreshTicket,
+    ) -> Result<Result<bff_session_core::TokenGrant, RefreshError>, tokio::time::error::Elapsed> {
+        let every = (self.policy.refresh_lease / 4).min(self.refresh_timeout / 2).max(Duration::from_millis(100));
+        let call = tokio::time::timeout(self.refresh_timeout, self.oidc.refresh(&ticket.refresh_token));
+        tokio::pin!(call);
+        loop {
+            tokio::select! {
+                result = &mut call => return result,
+                () = tokio::time::sleep(every) => {
+                    let renewed = self
+                        .apply(ticket.key, |s, now, p| match s {
+                            Some(s) => lifecycle::renew_lease(s, ticket, now, p),
+                            None => Transition {
+                                outcome: Err(RefreshRefusal::Ended(Refusal::Unknown)),
+                                effects: Vec::new(),
+                            },
+                        })
+                        .await;
+                    match renewed.map(|a| a.outcome) {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(refusal)) => warn!(session = %ticket.key, %refusal, "refresh lease not renewed"),
+                        Err(e) => warn!(session = %ticket.key, error = %e, "refresh lease not renewed"),
+                    }
                 }
             }
         }

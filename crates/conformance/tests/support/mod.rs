@@ -1,5 +1,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod toy;
 
 use bff_session_conformance::run::{Harness, Options, Report};
