@@ -256,6 +256,24 @@ fn benchmarks_md(criterion: &[(String, f64)], l: &serde_json::Value) -> String {
         "Durable logout while (b) runs under the same load: {} logouts, p50 {} ms, p99 {} ms (each waits for sled's fsync).\n\n",
         lo["count"], f(&lo["p50_ms"], 2), f(&lo["p99_ms"], 2)
     ));
+    let st = &l["stores"];
+    md.push_str(
+        "## Session store: sled and PostgreSQL, side by side
+
+`GET /auth/session` with a valid session, each store \
+         behind its own server in this run (PostgreSQL from `BFF_BENCH_POSTGRES` or `BFF_TEST_POSTGRES`, on the same \
+         machine; every request reads the record from the database).\n\n| store | requests/s | p50 | p99 |\n|---|---|---|---|\n",
+    );
+    for name in ["sled", "postgres"] {
+        let r = &st[name];
+        md.push_str(&format!(
+            "| {name} | {} | {} ms | {} ms |\n",
+            f(&r["rps"], 0),
+            f(&r["p50_ms"], 3),
+            f(&r["p99_ms"], 3)
+        ));
+    }
+    md.push_str(&format!("\nPostgreSQL/sled = **{}**.\n\n", f(&st["ratio_postgres_to_sled"], 2)));
     let (s, g) = (&l["scale_small"], &l["scale_large"]);
     md.push_str("## Scale: sessions loaded through the store (OIDC sessions with ~1.8 KB of sealed tokens)\n\n");
     md.push_str("| | 1,000 sessions | 1,000,000 sessions |\n|---|---|---|\n");

@@ -261,6 +261,10 @@ async fn main() {
     let secs = arg("--seconds", 10);
     let connections = arg("--connections", 32);
     let big = arg("--sessions", 1_000_000);
+    if std::env::args().any(|a| a == "--stores-only") {
+        println!("{}", serde_json::to_string_pretty(&stores(secs, connections).await).unwrap());
+        return;
+    }
 
     let upstream = serve(warp::any().map(|| warp::reply::json(&json!({ "ok": true, "items": [1, 2, 3] })))).await;
     let bare = serve(warp::path!("auth" / "session").map(|| {
@@ -322,8 +326,37 @@ async fn main() {
         "logout_under_load": { "count": logout_ms.len(), "p50_ms": percentile(&logout_ms, 0.5), "p99_ms": percentile(&logout_ms, 0.99), "load": under_load },
         "scale_small": small, "scale_large": large,
         "auth_p99_ratio": large["auth_p99_us"].as_f64().zip(small["auth_p99_us"].as_f64()).map(|(l, s)| l / s),
+        "stores": stores(secs, connections).await,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+/// `GET /auth/session` with a valid session on sled and on PostgreSQL (`BFF_BENCH_POSTGRES`, else
+/// `BFF_TEST_POSTGRES`), one after the other in this run; `null` for PostgreSQL when neither is set.
+async fn stores(secs: u64, connections: u64) -> Value {
+    let pg = std::env::var("BFF_BENCH_POSTGRES").or_else(|_| std::env::var("BFF_TEST_POSTGRES")).ok();
+    let mut out = serde_json::Map::new();
+    let backends = [("sled", None), ("postgres", pg.map(bff_session_server::store::Location::Postgres))];
+    for (name, location) in backends {
+        let Some(location) = location.map(Some).or_else(|| (name == "sled").then_some(None)) else {
+            out.insert(name.into(), Value::Null);
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut s = settings(dir.path(), port, Upstream::None);
+        s.store = location;
+        let running = bff_session_server::start(s).await.unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let (cookie, _) = login(&base, &format!("bench-{name}")).await;
+        let url = format!("{base}/auth/session");
+        let result = tokio::task::spawn_blocking(move || wrk(&url, Some(&cookie), secs, connections)).await.unwrap();
+        out.insert(name.into(), result);
+        running.stop().await;
+    }
+    let ratio = out["postgres"]["rps"].as_f64().zip(out["sled"]["rps"].as_f64()).map(|(p, s)| p / s);
+    out.insert("ratio_postgres_to_sled".into(), json!(ratio));
+    Value::Object(out)
 }
 
 fn url_of(s: &str) -> reqwest::Url {
