@@ -57,6 +57,17 @@ impl Server {
         s
     }
 
+    /// A server whose settings `adjust` changes first.
+    pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut s = settings(dir.path(), port, Policy::hardened());
+        adjust(&mut s);
+        let running = start(s).await.expect("server starts");
+        let data = dir.path().to_owned();
+        Self { base: format!("http://127.0.0.1:{port}"), running: Some(running), data, _dir: Some(dir) }
+    }
+
     pub async fn start_in(data: &Path, policy: Policy) -> Self {
         let port = free_port();
         let running = start(settings(data, port, policy)).await.expect("server starts");

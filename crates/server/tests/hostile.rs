@@ -1,0 +1,361 @@
+//! Attacks and malformed input, black box over HTTP. Each case asserts the exact refusal and that the
+//! victim's session record did not change; no response is a 5xx; and a sweep over every response body and
+//! header and every log line of the suite finds no session ID, token, code or CSRF proof where it does not
+//! belong.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use bff_session_core::SessionId;
+use reqwest::{Method, StatusCode};
+use support::{Browser, Resp, Server};
+
+/// Log lines of the whole test binary, for the sweep.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every response of the suite, and the secrets that must not leak.
+#[derive(Default)]
+struct Sweep {
+    /// (what, status, headers and body as text, secrets this response may carry)
+    responses: Vec<(String, String, Vec<String>)>,
+    secrets: Vec<(String, String)>,
+    cases: usize,
+}
+
+impl Sweep {
+    fn record(&mut self, what: &str, r: &Resp, allowed: &[&str]) {
+        assert!(r.status.as_u16() < 500, "{what}: {} {}", r.status, r.body);
+        let mut text = format!("{}\n", r.status);
+        for (k, v) in &r.headers {
+            text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
+        }
+        text.push_str(&r.body);
+        self.responses.push((what.to_owned(), text, allowed.iter().map(|s| (*s).to_owned()).collect()));
+    }
+
+    /// One attack case: the exact refusal.
+    fn expect(&mut self, what: &str, r: Resp, status: StatusCode, error: &str) {
+        assert_eq!((r.status, r.error().as_str()), (status, error), "{what}: {}", r.body);
+        self.record(what, &r, &[]);
+        self.cases += 1;
+    }
+
+    fn secret(&mut self, what: &str, value: &str) {
+        if value.len() >= 8 {
+            self.secrets.push((what.to_owned(), value.to_owned()));
+        }
+    }
+
+    fn check(&self, logs: &str) {
+        for (name, secret) in &self.secrets {
+            assert!(!logs.contains(secret.as_str()), "a log line contains the {name}");
+            for (what, text, allowed) in &self.responses {
+                if allowed.contains(secret) {
+                    continue;
+                }
+                assert!(!text.contains(secret.as_str()), "the response to {what} echoes the {name}");
+            }
+        }
+    }
+}
+
+/// The victim's record version, read from the store: "nothing changed" means this is unchanged.
+async fn version(server: &Server, b: &Browser) -> Option<u64> {
+    let id = SessionId::decode(&b.session_cookie()?).ok()?;
+    let s = server.running.as_ref()?.app.service.store.get(&id.key()).await.ok()??;
+    Some(s.version())
+}
+
+async fn raw(b: &Browser, method: Method, path: &str, headers: &[(&str, String)]) -> Resp {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut req = http.request(method, format!("{}{path}", b.base));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let r = req.send().await.unwrap();
+    Resp { status: r.status(), headers: r.headers().clone(), body: r.text().await.unwrap() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_are_refused_exactly_and_change_nothing() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _ = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).try_init();
+    let server = Server::start().await;
+    let mut sweep = Sweep::default();
+
+    let mut victim = server.browser();
+    let login = victim.login("victim").await;
+    let sid = victim.session_cookie().unwrap();
+    let csrf = victim.csrf();
+    sweep.secret("session ID", &sid);
+    sweep.secret("CSRF proof", &csrf);
+    let session = victim.get("/auth/session").await;
+    sweep.record("the victim's login", &login, &[&sid, &csrf]);
+    sweep.record("the victim's session", &session, &[&csrf]);
+    let before = version(&server, &victim).await;
+    let key = SessionId::decode(&sid).unwrap().key();
+    let record = server.running.as_ref().unwrap().app.service.store.get(&key).await.unwrap().unwrap();
+    let tokens = record.tokens().cloned().unwrap();
+    sweep.secret("access token", tokens.access_token.expose());
+    sweep.secret("refresh token", tokens.refresh_token.as_ref().unwrap().expose());
+    sweep.secret("ID token", tokens.id_token.as_ref().unwrap().expose());
+
+    // Refusals that must leave the victim's record alone.
+    let cookie = |v: &str| vec![("cookie", v.to_owned())];
+
+    // Malformed session cookies.
+    for (what, value) in [
+        ("a session cookie that is not base64", "bff-session=%%%not-base64%%%".to_owned()),
+        ("a short session cookie", "bff-session=abc".to_owned()),
+        ("a session cookie one byte short", format!("bff-session={}", &sid[..sid.len() - 2])),
+    ] {
+        let r = raw(&victim, Method::GET, "/auth/session", &cookie(&value)).await;
+        sweep.expect(what, r, StatusCode::UNAUTHORIZED, "malformed_session");
+    }
+    // A Cookie header that is not visible ASCII is not read at all.
+    let r = raw(&victim, Method::GET, "/auth/session", &cookie("bff-session=ünïcødé")).await;
+    sweep.expect("a session cookie with unicode", r, StatusCode::UNAUTHORIZED, "no_session");
+    // Oversized cookie headers.
+    let pad = |n: usize| format!("bff-session={sid}; pad={}", "x".repeat(n));
+    let r = raw(&victim, Method::GET, "/auth/session", &cookie(&pad(4 * 1024))).await;
+    assert_eq!(r.status, StatusCode::OK, "4 KB of cookies is normal");
+    sweep.record("4 KB cookie header", &r, &[&csrf]);
+    let r = raw(&victim, Method::GET, "/auth/session", &cookie(&pad(64 * 1024))).await;
+    sweep.expect("64 KB cookie header", r, StatusCode::BAD_REQUEST, "cookies_too_large");
+    let r = raw(&victim, Method::GET, "/auth/session", &cookie(&pad(1024 * 1024))).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "1 MB cookie header");
+    sweep.record("1 MB cookie header", &r, &[]);
+    sweep.cases += 1;
+    // Duplicates, in both orders, and split across two Cookie headers.
+    let forged = "bff-session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (what, headers) in [
+        ("duplicate session cookies, the victim's first", cookie(&format!("bff-session={sid}; {forged}"))),
+        ("duplicate session cookies, the attacker's first", cookie(&format!("{forged}; bff-session={sid}"))),
+        (
+            "session cookies split across two Cookie headers",
+            vec![("cookie", format!("bff-session={sid}")), ("cookie", forged.to_owned())],
+        ),
+    ] {
+        let r = raw(&victim, Method::GET, "/auth/session", &headers).await;
+        sweep.expect(what, r, StatusCode::BAD_REQUEST, "duplicate_cookie");
+    }
+    // Names that only look like the session cookie.
+    for name in ["__host-bff-session", "__Host-bff-session", "BFF-SESSION", "bff_session"] {
+        let r = raw(&victim, Method::GET, "/auth/session", &cookie(&format!("{name}={sid}"))).await;
+        sweep.expect(&format!("a cookie named {name:?}"), r, StatusCode::UNAUTHORIZED, "no_session");
+    }
+
+    // CSRF: another session's proof, a previous session's proof, a chosen equal pair, none.
+    let mut other = server.browser();
+    other.login("mallory").await;
+    let mut previous = server.browser();
+    previous.login("victim").await;
+    let old_proof = previous.csrf();
+    assert_eq!(previous.unsafe_call(Method::POST, "/auth/logout").await.status, StatusCode::OK);
+    sweep.secret("another user's session ID", &other.session_cookie().unwrap());
+    for (what, proof, extra_cookie) in [
+        ("another user's CSRF proof", other.csrf(), None),
+        ("the proof of the user's previous session", old_proof, None),
+        ("a CSRF cookie and header chosen by the client", "chosen".to_owned(), Some("bff-csrf=chosen")),
+    ] {
+        let mut c = format!("bff-session={sid}");
+        if let Some(extra) = extra_cookie {
+            c.push_str("; ");
+            c.push_str(extra);
+        }
+        let r = raw(&victim, Method::POST, "/auth/logout", &[("cookie", c), ("x-csrf-token", proof)]).await;
+        sweep.expect(what, r, StatusCode::FORBIDDEN, "csrf_mismatch");
+    }
+    // Method-override tricks do not turn an unsafe request into a safe one.
+    let c = format!("bff-session={sid}");
+    for (what, path, headers) in [
+        ("X-HTTP-Method-Override: GET", "/auth/logout", vec![("x-http-method-override", "GET".to_owned())]),
+        ("X-Method-Override: GET", "/auth/logout", vec![("x-method-override", "GET".to_owned())]),
+        ("_method=GET in the query", "/auth/logout?_method=GET", vec![]),
+    ] {
+        let mut h = headers;
+        h.push(("cookie", c.clone()));
+        let r = raw(&victim, Method::POST, path, &h).await;
+        sweep.expect(what, r, StatusCode::FORBIDDEN, "csrf_missing");
+    }
+    let r = raw(&victim, Method::GET, "/auth/logout", &cookie(&c)).await;
+    sweep.expect("logout by GET", r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    // Open redirects in the return path.
+    for bad in [
+        "//evil.example",
+        "/\\evil.example",
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/\t/evil.example",
+        "/%09/evil.example",
+        "javascript:alert(1)",
+        "https://evil.example/",
+    ] {
+        let q: String = url::form_urlencoded::byte_serialize(bad.as_bytes()).collect();
+        let r = raw(&victim, Method::GET, &format!("/auth/login?return_to={q}"), &[]).await;
+        sweep.expect(&format!("return path {bad:?}"), r, StatusCode::BAD_REQUEST, "invalid_return_to");
+    }
+
+    // Proxy paths that try to reach another host.
+    for bad in [
+        "/api//evil.example/x",
+        "/api/..%2f..%2fadmin",
+        "/api/%2e%2e%2fsecret",
+        "/api/a%5cb",
+        "/api/%2F%2Fevil.example",
+    ] {
+        let r = raw(&victim, Method::GET, bad, &cookie(&c)).await;
+        sweep.expect(&format!("API path {bad:?}"), r, StatusCode::BAD_REQUEST, "invalid_api_path");
+    }
+
+    // Forged back-channel logout tokens naming the victim.
+    let iss = format!("{}/idp", server.base);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let event = serde_json::json!({ "http://schemas.openid.net/event/backchannel-logout": {} });
+    let base = serde_json::json!({ "iss": iss, "aud": "bff-session-demo", "iat": now, "exp": now + 60, "jti": "j-1", "events": event, "sub": "victim" });
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        c
+    };
+    let foreign = bff_session_dev_idp::Signer::generate().unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    };
+    let signed = |c: &serde_json::Value| server.idp().sign_logout_token(c).unwrap();
+    let valid = signed(&with(&|c| c["jti"] = "j-replayed".into()));
+    let mut post_valid = server.browser();
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    // A valid token for another user, to see its jti replayed below.
+    let other_user = signed(&with(&|c| {
+        c["sub"] = "nobody".into();
+        c["jti"] = "j-replayed".into();
+    }));
+    let first = post_valid
+        .send(Method::POST, "/auth/backchannel-logout", &form, Some(format!("logout_token={other_user}")))
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    for (what, token) in [
+        (
+            "a logout token with alg none",
+            format!("{}.{}.", b64(r#"{"alg":"none","typ":"logout+jwt"}"#), b64(&base.to_string())),
+        ),
+        ("a logout token signed with a foreign key", foreign.sign_logout(&base).unwrap()),
+        ("a logout token from another issuer", signed(&with(&|c| c["iss"] = "https://evil.example".into()))),
+        ("a logout token for another audience", signed(&with(&|c| c["aud"] = "someone-else".into()))),
+        ("a logout token with a nonce", signed(&with(&|c| c["nonce"] = "n".into()))),
+        (
+            "a logout token without the events claim",
+            signed(&with(&|c| drop(c.as_object_mut().unwrap().remove("events")))),
+        ),
+        ("a replayed logout token (jti seen)", valid),
+    ] {
+        let r = server
+            .browser()
+            .send(Method::POST, "/auth/backchannel-logout", &form, Some(format!("logout_token={token}")))
+            .await;
+        sweep.expect(what, r, StatusCode::BAD_REQUEST, "invalid_logout_token");
+    }
+
+    assert_eq!(version(&server, &victim).await, before, "a refused request changed the victim's record");
+    assert_eq!(victim.get("/auth/session").await.status, StatusCode::OK);
+
+    // Callback attacks: missing, wrong, replayed and foreign state; a replayed code.
+    let mut attacker = server.browser();
+    let start = attacker.get("/auth/login?login_hint=attacker").await;
+    let callback = attacker.get(&start.location().unwrap()).await.location().unwrap();
+    let code = url::Url::parse(&callback).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    sweep.secret("authorization code", &code);
+    let login_jar = attacker.jar.clone();
+    let no_state = callback.split("&state=").next().unwrap().to_owned();
+    let r = attacker.get(&no_state).await;
+    sweep.expect("a callback without state", r, StatusCode::BAD_REQUEST, "state_mismatch");
+    attacker.jar = login_jar.clone();
+    let r = attacker.get(&format!("{no_state}&state=wrong")).await;
+    sweep.expect("a callback with the wrong state", r, StatusCode::BAD_REQUEST, "login_expired");
+    // The victim's browser gets the attacker's callback (login CSRF / a foreign state).
+    let mut victim_tab = server.browser();
+    let _ = victim_tab.get("/auth/login?login_hint=victim").await;
+    let r = victim_tab.get(&callback).await;
+    sweep.expect("a callback with a foreign state", r, StatusCode::BAD_REQUEST, "state_mismatch");
+    let mut fresh = server.browser();
+    fresh.jar = login_jar;
+    let r = fresh.get(&callback).await;
+    sweep.expect("a replayed state and code", r, StatusCode::BAD_REQUEST, "login_expired");
+
+    // Session fixation: a planted ID never becomes a session, and signing in replaces it.
+    let planted = SessionId::from_random_bytes([0x42; 32]).encode();
+    let mut fixated = server.browser();
+    fixated.jar.insert("bff-session".into(), planted.clone());
+    let r = fixated.get("/auth/session").await;
+    sweep.expect("a planted session ID", r, StatusCode::UNAUTHORIZED, "unknown_session");
+    fixated.jar.insert("bff-session".into(), planted.clone());
+    fixated.login("victim").await;
+    assert_ne!(fixated.session_cookie().unwrap(), planted);
+    let r = raw(&fixated, Method::GET, "/auth/session", &cookie(&format!("bff-session={planted}"))).await;
+    sweep.expect("the planted ID after a sign-in", r, StatusCode::UNAUTHORIZED, "unknown_session");
+    sweep.secret("fixated browser's session ID", &fixated.session_cookie().unwrap());
+
+    // Spoofed X-Forwarded-For from a peer that is not a trusted proxy.
+    let untrusted =
+        Server::start_with(|s| s.trusted_proxies = bff_session_core::client_ip::TrustedProxies::none()).await;
+    let mut spoofer = untrusted.browser();
+    spoofer.login("spoofer").await;
+    let list = spoofer.send(Method::GET, "/auth/sessions", &[("x-forwarded-for", "203.0.113.9")], None).await;
+    assert_eq!(list.json()["sessions"][0]["client_ip"], "127.0.0.1", "the spoofed address was believed");
+    sweep.record("the device list with a spoofed X-Forwarded-For", &list, &[]);
+    sweep.cases += 1;
+
+    // Replays after logout, logout-all, back-channel logout and expiry.
+    for how in ["logout", "logout-all", "backchannel", "expiry"] {
+        let mut b = server.browser();
+        b.login(&format!("replay-{how}")).await;
+        let stolen = b.session_cookie().unwrap();
+        sweep.secret(&format!("session ID ended by {how}"), &stolen);
+        let (path, error) = match how {
+            "logout" => (Some("/auth/logout"), "session_revoked"),
+            "logout-all" => (Some("/auth/logout-all"), "session_revoked"),
+            "backchannel" => {
+                let sid = server.idp().latest_sid(&format!("replay-{how}")).unwrap();
+                assert_eq!(server.idp().backchannel_logout(None, Some(&sid)).await.unwrap(), 200);
+                (None, "session_revoked")
+            }
+            _ => {
+                server.advance(std::time::Duration::from_secs(13 * 3600)).await;
+                (None, "session_expired")
+            }
+        };
+        if let Some(path) = path {
+            assert_eq!(b.unsafe_call(Method::POST, path).await.status, StatusCode::OK);
+        }
+        let r = raw(&b, Method::GET, "/auth/session", &cookie(&format!("bff-session={stolen}"))).await;
+        sweep.expect(&format!("a replay after {how}"), r, StatusCode::UNAUTHORIZED, error);
+    }
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("signed in"), "the log capture works");
+    sweep.check(&logs);
+    println!(
+        "hostile input: {} attack cases, {} responses swept, {} secrets",
+        sweep.cases,
+        sweep.responses.len(),
+        sweep.secrets.len()
+    );
+}
