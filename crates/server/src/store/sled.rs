@@ -127,6 +127,18 @@ impl SledStore {
         self.sessions.is_empty()
     }
 
+    /// Every record's key, tombstones included (for offline checks; the server never scans).
+    pub fn keys(&self) -> Result<Vec<SessionKey>, StoreError> {
+        let mut keys = Vec::new();
+        for item in self.sessions.iter() {
+            let (k, _) = item?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(&k[..]) {
+                keys.push(SessionKey::from_bytes(bytes));
+            }
+        }
+        Ok(keys)
+    }
+
     /// The record under `key`.
     pub fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let Some(bytes) = self.sessions.get(key.as_bytes())? else { return Ok(None) };
