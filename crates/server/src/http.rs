@@ -178,6 +178,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
     let (route, result) = match (m, segments.as_slice()) {
         ("GET", ["healthz"]) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         ("GET", ["metrics"]) => ("metrics", Ok(text(app.service.metrics.render()))),
+        ("GET", ["openapi.json"]) => ("openapi", Ok(openapi())),
         ("GET", ["auth", "login"]) => ("login", app.login(&req).await),
         ("GET", ["auth", "callback"]) => ("callback", app.callback(&req).await),
         ("GET", ["auth", "session"]) => ("session", app.session(&req).await),
@@ -191,7 +192,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
         ("POST", ["__test", "tick"]) if app.service.clock.is_test() => ("test_tick", app.test_tick().await),
         ("GET", [""]) if app.demo => ("demo", Ok(crate::demo::page())),
         (_, ["__echo", ..]) if app.demo => ("echo", Ok(crate::demo::echo(&req))),
-        (_, ["auth" | "healthz" | "metrics", ..]) => (
+        (_, ["auth" | "healthz" | "metrics" | "openapi.json", ..]) => (
             "other",
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -209,6 +210,15 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
+
+/// The OpenAPI document of this API (`crates/server/api/openapi.json`, checked by schemathesis in CI).
+fn openapi() -> Response {
+    let mut r = warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response();
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+const OPENAPI: &str = include_str!("../api/openapi.json");
 
 fn text(body: String) -> Response {
     warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()

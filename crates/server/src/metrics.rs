@@ -11,9 +11,10 @@ use std::time::Duration;
 const BUCKETS_US: [u64; 10] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
 /// The routes latencies are kept for; `observe` on any other name counts as "other".
-pub const ROUTES: [&str; 17] = [
+pub const ROUTES: [&str; 18] = [
     "healthz",
     "metrics",
+    "openapi",
     "login",
     "callback",
     "session",

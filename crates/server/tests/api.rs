@@ -493,3 +493,28 @@ async fn the_test_clock_exists_only_in_test_mode() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_names_every_public_route() {
+    let server = Server::start().await;
+    let mut b = server.browser();
+    let r = b.get("/openapi.json").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/auth/login",
+        "/auth/callback",
+        "/auth/session",
+        "/auth/logout",
+        "/auth/logout-all",
+        "/auth/sessions",
+        "/auth/sessions/{handle}",
+        "/auth/backchannel-logout",
+        "/api/{path}",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+    }
+}
