@@ -17,6 +17,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci                 lint, conformance, then every fuzz target for 60 s (what .ci/run runs after the tests)
   lint               fmt check and clippy -D warnings only
+  interop            the server against panva's oidc-provider (npm; installs Node and the package if missing)
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
   fuzz [SECS] [T..]  run fuzz targets on nightly for SECS seconds each (default 60, all targets)
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => lint().and_then(|()| conformance(200)).and_then(|()| fuzz(60, &[])),
+        Some("interop") => interop(),
         Some("conformance") => conformance(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200)),
         Some("lint") => lint(),
         Some("fuzz") => {
@@ -78,6 +80,18 @@ fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     core_stays_sans_io()
+}
+
+/// Installs oidc-provider from npm (and Node from Debian when missing), then runs the interop test.
+fn interop() -> Result<(), String> {
+    if Command::new("node").arg("--version").output().is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "nodejs", "npm"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(root().join("interop")))?;
+    run(cargo().args(["test", "-p", "bff-session-conformance", "--test", "interop", "--", "--ignored", "--nocapture"]))
 }
 
 /// Runs the harness binary against the reference server binary under every preset; the harness starts its
