@@ -17,6 +17,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   ci                 lint, conformance, then every fuzz target for 60 s (what .ci/run runs after the tests)
   lint               fmt check and clippy -D warnings only
+  browser            the demo in headless chromium over WebDriver (installs chromium and chromium-driver)
   interop            the server against panva's oidc-provider (npm; installs Node and the package if missing)
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => lint().and_then(|()| conformance(200)).and_then(|()| fuzz(60, &[])),
         Some("interop") => interop(),
+        Some("browser") => browser(),
         Some("conformance") => conformance(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200)),
         Some("lint") => lint(),
         Some("fuzz") => {
@@ -80,6 +82,18 @@ fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     core_stays_sans_io()
+}
+
+/// Installs Debian's chromium and chromium-driver when missing, then runs the browser test; the screenshot of
+/// the signed-in demo lands in target/browser/.
+fn browser() -> Result<(), String> {
+    if Command::new("chromedriver").arg("--version").output().is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    run(cargo().args(["test", "-p", "bff-session-server", "--test", "browser", "--", "--ignored", "--nocapture"]))
 }
 
 /// Installs oidc-provider from npm (and Node from Debian when missing), then runs the interop test.

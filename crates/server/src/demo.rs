@@ -14,6 +14,8 @@ const PAGE: &str = include_str!("../static/index.html");
 
 pub fn page() -> Response {
     let mut r = warp::reply::html(PAGE).into_response();
+    // Going back after sign-out must ask the server again, not show a kept copy of the signed-in page.
+    r.headers_mut().insert("cache-control", warp::http::HeaderValue::from_static("no-store"));
     r.headers_mut().insert("content-security-policy", warp::http::HeaderValue::from_static("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"));
     r
 }
