@@ -300,6 +300,42 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
     let r = fresh.get(&callback).await;
     sweep.expect("a replayed state and code", r, StatusCode::BAD_REQUEST, "login_expired");
 
+    // A nonce the BFF did not send: the browser rewrites it on its way to the provider.
+    let mut tamper = server.browser();
+    let start = tamper.get("/auth/login?login_hint=tamper").await;
+    let authorize = start.location().unwrap();
+    let mut url = url::Url::parse(&authorize).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "nonce" { "attacker-nonce".to_owned() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let callback = tamper.get(url.as_str()).await.location().unwrap();
+    let r = tamper.get(&callback).await;
+    sweep.expect("an ID token with another nonce", r, StatusCode::BAD_REQUEST, "login_rejected");
+    assert!(tamper.session_cookie().is_none());
+    // A code that already signed someone in, presented with a fresh login of the same browser.
+    let mut once = server.browser();
+    let start = once.get("/auth/login?login_hint=once").await;
+    let used = once.get(&start.location().unwrap()).await.location().unwrap();
+    assert_eq!(once.get(&used).await.status, StatusCode::FOUND);
+    sweep.secret("the used browser's session ID", &once.session_cookie().unwrap());
+    let used_code = url::Url::parse(&used).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+    sweep.secret("used authorization code", &used_code);
+    let fresh_start = once.get("/auth/login?login_hint=once").await;
+    let fresh_state = url::Url::parse(&fresh_start.location().unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let r = once.get(&format!("/auth/callback?code={used_code}&state={fresh_state}")).await;
+    sweep.expect("a replayed code with a fresh state", r, StatusCode::BAD_REQUEST, "login_rejected");
+
     // Session fixation: a planted ID never becomes a session, and signing in replaces it.
     let planted = SessionId::from_random_bytes([0x42; 32]).encode();
     let mut fixated = server.browser();
