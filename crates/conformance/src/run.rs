@@ -16,7 +16,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 use serde::Serialize;
 
 use crate::mapping::Mapping;
-use crate::oracle::{Observation, Oracle};
+use crate::oracle::Oracle;
 use crate::provider::{Provider, ProviderError};
 use crate::step::{self, Step, USERS};
 use crate::target::Target;
@@ -378,11 +378,4 @@ pub fn load_replay(path: &std::path::Path) -> Result<Vec<Step>, String> {
 
 fn setup(observed: String) -> Divergence {
     Divergence { index: 0, step: Step::Background, expected: "a target that accepts the test clock".into(), observed }
-}
-
-impl Observation {
-    /// Whether the step left nothing to compare.
-    pub fn is_nothing(&self) -> bool {
-        matches!(self, Self::Nothing)
-    }
 }

@@ -10,7 +10,7 @@ use bff_session_conformance::provider::{CLIENT_ID, CLIENT_SECRET};
 use bff_session_core::Policy;
 use bff_session_dev_idp::{Config, DevIdp};
 use reqwest::Method;
-use support::cluster::{self, Client, DbSwitch};
+use support::cluster::{self, Client, Relay};
 use warp::Filter as _;
 
 fn wall_ms() -> u64 {
@@ -18,13 +18,12 @@ fn wall_ms() -> u64 {
 }
 
 /// The dev provider behind a relay that can be cut: its issuer is the relay's address.
-async fn provider_behind_switch(target: &str) -> (DevIdp, DbSwitch) {
+async fn provider_behind_switch(target: &str) -> (DevIdp, Relay) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let direct = listener.local_addr().unwrap();
-    // The relay forwards to `direct`; reserve its port first so the issuer can name it.
-    let switch = DbSwitch::start(&format!("postgres://x@{direct}/x")).await;
-    let relay = url::Url::parse(&switch.url).unwrap();
-    let issuer = format!("http://127.0.0.1:{}", relay.port().unwrap());
+    // The relay comes first, so the issuer can name its port.
+    let switch = Relay::start(&direct.to_string()).await;
+    let issuer = format!("http://127.0.0.1:{}", switch.port);
     let idp = DevIdp::new(Config {
         issuer,
         client_id: CLIENT_ID.into(),

@@ -12,14 +12,14 @@ use bff_session_conformance::run::{Harness, Options};
 use bff_session_core::Policy;
 use bff_session_server::Running;
 use reqwest::Method;
-use support::cluster::{self, Client, DbSwitch};
+use support::cluster::{self, Client, Relay};
 
 struct Pair {
     harness: Harness,
     replicas: Vec<Running>,
     /// The balancer's origin, which is also the replicas' public URL.
     base: String,
-    switch: DbSwitch,
+    switch: Relay,
     _dir: tempfile::TempDir,
 }
 
@@ -32,7 +32,7 @@ impl Pair {
 async fn pair(db: &str, policy: &str) -> Option<Pair> {
     let base_url = cluster::postgres_base()?;
     let db_url = cluster::fresh_database(&base_url, db).await;
-    let switch = DbSwitch::start(&db_url).await;
+    let (switch, relayed) = Relay::for_database(&db_url).await;
     let dir = tempfile::tempdir().unwrap();
     let key = cluster::shared_key(dir.path());
     let lb = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -47,7 +47,7 @@ async fn pair(db: &str, policy: &str) -> Option<Pair> {
             cluster::free_port(),
             &base,
             &harness.provider.issuer,
-            &switch.url,
+            &relayed,
             &key,
             &data,
             Policy::preset(policy).unwrap(),

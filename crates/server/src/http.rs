@@ -213,9 +213,7 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
 
 /// The OpenAPI document of this API (`crates/server/api/openapi.json`, checked by schemathesis in CI).
 fn openapi() -> Response {
-    let mut r = warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response();
-    *r.status_mut() = StatusCode::OK;
-    r
+    warp::reply::with_header(OPENAPI, "content-type", "application/json").into_response()
 }
 
 const OPENAPI: &str = include_str!("../api/openapi.json");

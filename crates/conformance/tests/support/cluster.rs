@@ -44,17 +44,18 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A TCP relay to PostgreSQL that can be cut (every connection dropped, new ones refused) and restored.
-pub struct DbSwitch {
-    pub url: String,
+/// A TCP relay on 127.0.0.1 that can be cut (every connection dropped, new ones refused) and restored: an
+/// outage of whatever is behind it (the database, the provider).
+pub struct Relay {
+    pub port: u16,
     up: Arc<AtomicBool>,
     generation: Arc<AtomicUsize>,
 }
 
-impl DbSwitch {
-    pub async fn start(db_url: &str) -> Self {
-        let target = url::Url::parse(db_url).unwrap();
-        let upstream = format!("{}:{}", target.host_str().unwrap(), target.port().unwrap_or(5432));
+impl Relay {
+    /// Relays to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let upstream = upstream.to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
@@ -81,9 +82,15 @@ impl DbSwitch {
                 });
             }
         });
-        let mut url = target.clone();
-        url.set_port(Some(port)).unwrap();
-        Self { url: url.to_string(), up, generation }
+        Self { port, up, generation }
+    }
+
+    /// A relay in front of the database at `db_url`, and the URL that reaches the database through it.
+    pub async fn for_database(db_url: &str) -> (Self, String) {
+        let mut url = url::Url::parse(db_url).unwrap();
+        let relay = Self::start(&format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))).await;
+        url.set_port(Some(relay.port)).unwrap();
+        (relay, url.to_string())
     }
 
     pub fn cut(&self) {

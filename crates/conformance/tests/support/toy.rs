@@ -164,7 +164,7 @@ fn pkce_challenge(verifier: &str) -> String {
 
 /// The outcome of checking a request's session.
 enum Checked {
-    Live(SessionKey, SessionId),
+    Live(SessionKey),
     Refused(Reply),
 }
 
@@ -199,14 +199,14 @@ impl Toy {
             ("GET", "/auth/login") => self.login(&query(q)),
             ("GET", "/auth/callback") => self.callback(&query(q), &request).await,
             ("GET", "/auth/session") => match self.check(&request) {
-                Checked::Live(key, _) => {
+                Checked::Live(key) => {
                     let handle = self.lock().registry.get(&key).map(|s| s.handle().to_string());
                     reply(StatusCode::OK, json!({ "session": { "handle": handle } }))
                 }
                 Checked::Refused(r) => r,
             },
             ("GET", "/auth/sessions") => match self.check(&request) {
-                Checked::Live(key, _) => {
+                Checked::Live(key) => {
                     let inner = self.lock();
                     let user = inner.registry.get(&key).map(|s| s.user().clone()).unwrap();
                     let list: Vec<Value> = inner
@@ -220,7 +220,7 @@ impl Toy {
                 Checked::Refused(r) => r,
             },
             ("POST", "/auth/logout") => match self.check(&request) {
-                Checked::Live(key, _) => {
+                Checked::Live(key) => {
                     let mut inner = self.lock();
                     let now = inner.now;
                     let _ = inner.registry.revoke(key, RevocationReason::Logout, now);
@@ -229,7 +229,7 @@ impl Toy {
                 Checked::Refused(r) => r,
             },
             ("POST", "/auth/logout-all") => match self.check(&request) {
-                Checked::Live(key, _) => {
+                Checked::Live(key) => {
                     let mut inner = self.lock();
                     let now = inner.now;
                     let user = inner.registry.get(&key).map(|s| s.user().clone()).unwrap();
@@ -239,7 +239,7 @@ impl Toy {
                 Checked::Refused(r) => r,
             },
             ("DELETE", p) if p.starts_with("/auth/sessions/") => match self.check(&request) {
-                Checked::Live(key, _) => {
+                Checked::Live(key) => {
                     let handle = Handle::parse(&p["/auth/sessions/".len()..]);
                     let mut inner = self.lock();
                     let now = inner.now;
@@ -374,8 +374,8 @@ impl Toy {
         let auth =
             AuthRequest { cookie: request.session.as_deref(), method, csrf_proof: request.csrf_header.as_deref() };
         let t = inner.registry.authenticate(&auth, now);
-        match (t.outcome, id) {
-            (Ok(a), Some(id)) => {
+        match t.outcome {
+            Ok(a) => {
                 if a.touch_due && inner.registry.touch(a.key, now).outcome == Ok(true) {
                     let lifetime = self.policy.absolute_lifetime;
                     inner.sliding.insert(a.key, now.saturating_add(lifetime));
@@ -383,9 +383,9 @@ impl Toy {
                 if let Some(s) = inner.registry.get(&a.key).cloned() {
                     inner.cache.insert(a.key, s);
                 }
-                Checked::Live(a.key, id)
+                Checked::Live(a.key)
             }
-            (Err(bff_session_core::Refusal::Csrf(_)), _) => {
+            Err(bff_session_core::Refusal::Csrf(_)) => {
                 Checked::Refused(reply(StatusCode::FORBIDDEN, json!({ "error": "csrf" })))
             }
             _ => {
@@ -397,7 +397,7 @@ impl Toy {
 
     async fn api(self: &Arc<Self>, request: &Request<'_>) -> Reply {
         let key = match self.check(request) {
-            Checked::Live(key, _) => key,
+            Checked::Live(key) => key,
             Checked::Refused(r) => return r,
         };
         let due = {

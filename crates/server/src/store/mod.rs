@@ -125,21 +125,21 @@ impl Store {
     pub async fn keys_of_user(&self, user: &str) -> Result<Vec<SessionKey>, StoreError> {
         match self {
             Self::Sled(s) => s.keys_of_user(user),
-            Self::Postgres(p) => p.keys_of(postgres::Index::User, &[user]).await,
+            Self::Postgres(p) => p.keys_of(postgres::Index::User(user)).await,
         }
     }
 
     pub async fn keys_of_sid(&self, iss: &str, sid: &str) -> Result<Vec<SessionKey>, StoreError> {
         match self {
             Self::Sled(s) => s.keys_of_sid(iss, sid),
-            Self::Postgres(p) => p.keys_of(postgres::Index::Sid, &[iss, sid]).await,
+            Self::Postgres(p) => p.keys_of(postgres::Index::Sid { iss, sid }).await,
         }
     }
 
     pub async fn keys_of_sub(&self, iss: &str, sub: &str) -> Result<Vec<SessionKey>, StoreError> {
         match self {
             Self::Sled(s) => s.keys_of_sub(iss, sub),
-            Self::Postgres(p) => p.keys_of(postgres::Index::Sub, &[iss, sub]).await,
+            Self::Postgres(p) => p.keys_of(postgres::Index::Sub { iss, sub }).await,
         }
     }
 

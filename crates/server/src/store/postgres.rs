@@ -58,12 +58,12 @@ const MIGRATION_LOCK: i64 = 0x6266_6673_6573_7331;
 /// How long a replica keeps due records it claimed before another may take them.
 const CLAIM: Duration = Duration::from_secs(60);
 
-/// Which active-session index a lookup uses.
+/// A lookup in one of the active-session indexes.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Index {
-    User,
-    Sid,
-    Sub,
+pub(crate) enum Index<'a> {
+    User(&'a str),
+    Sid { iss: &'a str, sid: &'a str },
+    Sub { iss: &'a str, sub: &'a str },
 }
 
 pub struct PgStore {
@@ -235,19 +235,18 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn keys_of(&self, index: Index, values: &[&str]) -> Result<Vec<SessionKey>, StoreError> {
+    pub(crate) async fn keys_of(&self, index: Index<'_>) -> Result<Vec<SessionKey>, StoreError> {
         let client = self.client().await?;
-        let rows = match (index, values) {
-            (Index::User, [user]) => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND user_id = $1", &[user]).await
+        let rows = match index {
+            Index::User(user) => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND user_id = $1", &[&user]).await
             }
-            (Index::Sid, [iss, sid]) => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sid = $2", &[iss, sid]).await
+            Index::Sid { iss, sid } => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sid = $2", &[&iss, &sid]).await
             }
-            (Index::Sub, [iss, sub]) => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sub = $2", &[iss, sub]).await
+            Index::Sub { iss, sub } => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sub = $2", &[&iss, &sub]).await
             }
-            _ => return Ok(Vec::new()),
         }
         .map_err(io)?;
         Ok(rows.iter().filter_map(|r| key_of(r.get::<_, &[u8]>(0))).collect())
