@@ -60,7 +60,7 @@ fn op(u: &mut Unstructured<'_>, scale: u64) -> Result<Op> {
         ),
         5 => Op::Revoke(idx(u)?, u.arbitrary::<RevocationReason>()?),
         6 => Op::RevokeUser(user(u)?, u.arbitrary::<RevocationReason>()?),
-        7 => Op::RevokeHandle(user(u)?, idx(u)?),
+        7 => Op::RevokeHandle(user(u)?, idx(u)?, idx(u)?),
         8 => Op::RevokeBySid(u.int_in_range(0..=2)?),
         9 => Op::RevokeBySub(user(u)?),
         10 => Op::Tick,

@@ -44,13 +44,8 @@ pub enum Event {
     },
 }
 
-/// How a refresh failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefreshError {
-    InvalidGrant,
-    Transient,
-}
+/// How a refresh failed: the one vocabulary of the provider's answer, shared with `refresh`.
+pub use crate::refresh::RefreshError;
 
 /// One line of the trace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,10 +223,10 @@ mod tests {
             Event::between(Some(&before), s)
         }
         let t1 = t0.saturating_add(Duration::from_secs(540));
-        assert_eq!(step(&mut s, |s| drop(lifecycle::touch(s, t1, &policy))), Some(Event::Touched));
+        assert_eq!(step(&mut s, |s| drop(lifecycle::touch(Some(s), t1, &policy))), Some(Event::Touched));
         let mut ticket = None;
         assert_eq!(
-            step(&mut s, |s| ticket = lifecycle::begin_refresh(s, Trigger::Request, t1, &policy).outcome.ok()),
+            step(&mut s, |s| ticket = lifecycle::begin_refresh(Some(s), Trigger::Request, t1, &policy).outcome.ok()),
             Some(Event::RefreshStarted)
         );
         let ticket = ticket.unwrap();
@@ -246,7 +241,7 @@ mod tests {
             Some(Event::RefreshFailed { error: RefreshError::Transient })
         );
         let t2 = t1.saturating_add(Duration::from_secs(2));
-        let ticket = lifecycle::begin_refresh(&mut s, Trigger::Request, t2, &policy).outcome.unwrap();
+        let ticket = lifecycle::begin_refresh(Some(&mut s), Trigger::Request, t2, &policy).outcome.unwrap();
         assert_eq!(
             step(&mut s, |s| drop(lifecycle::complete_refresh(
                 Some(s),
@@ -258,7 +253,7 @@ mod tests {
             Some(Event::RefreshSucceeded { access_expires_at: t2.as_millis() + 600_000 })
         );
         assert_eq!(
-            step(&mut s, |s| drop(lifecycle::revoke(s, RevocationReason::Logout, t2, &policy))),
+            step(&mut s, |s| drop(lifecycle::revoke(Some(s), RevocationReason::Logout, t2, &policy))),
             Some(Event::Revoked { reason: RevocationReason::Logout })
         );
     }

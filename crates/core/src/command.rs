@@ -13,16 +13,48 @@ use crate::time::Timestamp;
 /// One input to the registry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Create { new: NewSession, supersedes: Option<SessionKey> },
-    Authenticate { cookie: Option<String>, method: Method, csrf_proof: Option<String> },
-    Touch { key: SessionKey },
-    BeginRefresh { key: SessionKey, trigger: Trigger },
-    CompleteRefresh { ticket: RefreshTicket, result: RefreshResult },
-    Revoke { key: SessionKey, reason: RevocationReason },
-    RevokeUser { user: UserId, reason: RevocationReason },
-    RevokeHandle { user: UserId, handle: Handle },
-    RevokeBySid { iss: String, sid: String },
-    RevokeBySub { iss: String, sub: String },
+    Create {
+        new: NewSession,
+        supersedes: Option<SessionKey>,
+    },
+    Authenticate {
+        cookie: Option<String>,
+        method: Method,
+        csrf_proof: Option<String>,
+    },
+    Touch {
+        key: SessionKey,
+    },
+    BeginRefresh {
+        key: SessionKey,
+        trigger: Trigger,
+    },
+    CompleteRefresh {
+        ticket: RefreshTicket,
+        result: RefreshResult,
+    },
+    Revoke {
+        key: SessionKey,
+        reason: RevocationReason,
+    },
+    RevokeUser {
+        user: UserId,
+        reason: RevocationReason,
+    },
+    /// Ends the user's session named by `handle` from the device list of the session `requester`.
+    RevokeHandle {
+        user: UserId,
+        handle: Handle,
+        requester: SessionKey,
+    },
+    RevokeBySid {
+        iss: String,
+        sid: String,
+    },
+    RevokeBySub {
+        iss: String,
+        sub: String,
+    },
     Tick,
 }
 
@@ -58,7 +90,9 @@ impl Registry {
             }
             Command::Revoke { key, reason } => self.revoke(*key, *reason, now).map(Outcome::Revoked),
             Command::RevokeUser { user, reason } => self.revoke_user(user, *reason, now).map(Outcome::RevokedMany),
-            Command::RevokeHandle { user, handle } => self.revoke_handle(user, *handle, now).map(Outcome::Revoked),
+            Command::RevokeHandle { user, handle, requester } => {
+                self.revoke_handle(user, *handle, *requester, now).map(Outcome::Revoked)
+            }
             Command::RevokeBySid { iss, sid } => self.revoke_by_sid(iss, sid, now).map(Outcome::RevokedMany),
             Command::RevokeBySub { iss, sub } => self.revoke_by_sub(iss, sub, now).map(Outcome::RevokedMany),
             Command::Tick => self.tick(now).map(Outcome::Ticked),

@@ -23,6 +23,7 @@
 //! See `ARCHITECTURE.md` for the state diagram and the invariants the tests check.
 
 pub mod audit;
+pub mod background;
 pub mod client_ip;
 pub mod command;
 pub mod cookie;
@@ -30,21 +31,28 @@ pub mod csrf;
 pub mod effect;
 pub mod id;
 pub mod lifecycle;
+pub mod login;
 pub mod policy;
 pub mod record;
 pub mod refresh;
+pub mod refusal;
 pub mod registry;
 pub mod return_path;
+pub mod revoke_all;
 pub mod session;
 pub mod time;
 pub mod trace;
 
+pub use background::Visit;
 pub use command::{Command, Outcome};
 pub use effect::{Durability, Effect};
 pub use id::{Handle, Secret, SessionId, SessionIdError, SessionKey};
-pub use lifecycle::{AuthRequest, Authenticated, Login, Method, NewSession, Refusal, Transition};
+pub use lifecycle::{AuthRequest, Authenticated, Login, Method, NewSession, Transition};
+pub use login::{LoginKey, LoginPolicy, LoginRefusal, LoginSecrets, PendingLogin};
 pub use policy::{Policy, PolicyError};
-pub use refresh::{RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, TokenGrant, Trigger};
+pub use refresh::{RefreshCompletion, RefreshError, RefreshRefusal, RefreshResult, RefreshTicket, TokenGrant, Trigger};
+pub use refusal::Refusal;
 pub use registry::{CreateError, Registry, TickReport};
+pub use revoke_all::{Lookup, RevokeAll};
 pub use session::{Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId};
 pub use time::Timestamp;

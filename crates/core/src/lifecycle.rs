@@ -20,17 +20,17 @@
 //!      └─────────┘ └─────────┘   deleted by `tick` after the retention period
 //! ```
 
-use std::fmt;
-
-use crate::csrf::{self, CsrfError};
+use crate::csrf;
 use crate::effect::{Durability, Effect};
-use crate::id::{SessionId, SessionIdError, SessionKey};
+use crate::id::{SessionId, SessionKey};
 use crate::policy::Policy;
 use crate::refresh::{
     Lease, RefreshCompletion, RefreshRefusal, RefreshResult, RefreshState, RefreshTicket, TokenGrant, Trigger,
 };
 use crate::session::{Device, ExpiryReason, OidcIdentity, Provider, RevocationReason, Session, State, Tokens, UserId};
 use crate::time::Timestamp;
+
+pub use crate::refusal::Refusal;
 
 /// An outcome and the effects that go with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,52 +78,6 @@ pub struct AuthRequest<'a> {
     pub csrf_proof: Option<&'a str>,
 }
 
-/// Why a request does not carry a usable session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// No session cookie.
-    NoCookie,
-    /// A cookie that cannot be a session ID.
-    Malformed(SessionIdError),
-    /// An unsafe request without the session's CSRF proof.
-    Csrf(CsrfError),
-    /// No such session (never existed, or its tombstone was deleted).
-    Unknown,
-    Expired(ExpiryReason),
-    Revoked(RevocationReason),
-}
-
-impl Refusal {
-    /// A short, stable name for metrics and error bodies.
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::NoCookie => "no_session",
-            Self::Malformed(_) => "malformed_session",
-            Self::Csrf(CsrfError::Missing) => "csrf_missing",
-            Self::Csrf(_) => "csrf_mismatch",
-            Self::Unknown => "unknown_session",
-            Self::Expired(_) => "session_expired",
-            Self::Revoked(_) => "session_revoked",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoCookie => f.write_str("no session cookie"),
-            Self::Malformed(e) => write!(f, "malformed session cookie: {e}"),
-            Self::Csrf(e) => e.fmt(f),
-            Self::Unknown => f.write_str("unknown session"),
-            Self::Expired(reason) => write!(f, "session expired ({reason})"),
-            Self::Revoked(reason) => write!(f, "session revoked ({reason})"),
-        }
-    }
-}
-
-impl std::error::Error for Refusal {}
-
 /// A request that carries a live session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Authenticated {
@@ -156,14 +110,22 @@ pub struct NewSession {
 }
 
 /// Picks the session ID out of a request and, for unsafe methods, checks the CSRF proof. This needs no
-/// record, so a refused request costs no lookup and has no effect at all.
-pub fn admit(request: &AuthRequest<'_>) -> Result<SessionId, Refusal> {
-    let cookie = request.cookie.ok_or(Refusal::NoCookie)?;
-    let id = SessionId::decode(cookie).map_err(Refusal::Malformed)?;
-    if request.method == Method::Unsafe {
-        csrf::verify(&id, request.csrf_proof).map_err(Refusal::Csrf)?;
-    }
-    Ok(id)
+/// record, so a refused request costs no lookup; its only possible effect is clearing a cookie that can
+/// never name a session ([`Refusal::clears_cookies`]).
+pub fn admit(request: &AuthRequest<'_>) -> Transition<Result<SessionId, Refusal>> {
+    let outcome = (|| -> Result<SessionId, Refusal> {
+        let cookie = request.cookie.ok_or(Refusal::NoCookie)?;
+        let id = SessionId::decode(cookie).map_err(Refusal::Malformed)?;
+        if request.method == Method::Unsafe {
+            csrf::verify(&id, request.csrf_proof).map_err(Refusal::Csrf)?;
+        }
+        Ok(id)
+    })();
+    let effects = match outcome {
+        Err(refusal) if refusal.clears_cookies() => vec![Effect::ClearCookies],
+        _ => Vec::new(),
+    };
+    Transition::new(outcome, effects)
 }
 
 /// A new active session.
@@ -216,55 +178,66 @@ pub fn check(s: &Session, now: Timestamp, policy: &Policy) -> Result<Authenticat
     }
 }
 
+/// Runs `f` on the record, or answers `missing` with no effect when there is none: the one shape every
+/// transition of an existing record has for a key that names nothing.
+fn on_record<T>(
+    session: Option<&mut Session>,
+    missing: T,
+    f: impl FnOnce(&mut Session, &mut Vec<Effect>) -> T,
+) -> Transition<T> {
+    let mut effects = Vec::new();
+    let outcome = match session {
+        Some(s) => f(s, &mut effects),
+        None => missing,
+    };
+    Transition::new(outcome, effects)
+}
+
 /// Checks an admitted request's session. A session found past a deadline expires here and then.
 pub fn authenticate(
     session: Option<&mut Session>,
     now: Timestamp,
     policy: &Policy,
 ) -> Transition<Result<Authenticated, Refusal>> {
-    let mut effects = Vec::new();
-    let outcome = match session {
-        None => Err(Refusal::Unknown),
-        Some(s) => {
-            let outcome = check(s, now, policy);
-            if matches!(outcome, Err(Refusal::Expired(_))) && s.is_active() {
-                // The same deadline check, now with its effect: the session ends as expired.
-                let _ = ensure_live(s, now, policy, &mut effects);
-            }
-            outcome
+    let mut t = on_record(session, Err(Refusal::Unknown), |s, effects| {
+        let outcome = check(s, now, policy);
+        if matches!(outcome, Err(Refusal::Expired(_))) && s.is_active() {
+            // The same deadline check, now with its effect: the session ends as expired.
+            let _ = ensure_live(s, now, policy, effects);
         }
-    };
-    if outcome.is_err() {
-        effects.push(Effect::ClearCookies);
+        outcome
+    });
+    if t.outcome.is_err_and(Refusal::clears_cookies) {
+        t.effects.push(Effect::ClearCookies);
     }
-    Transition::new(outcome, effects)
+    t
 }
 
 /// Records a use of the session, at most once per touch interval. Slides the idle deadline only.
 /// `Ok(false)`: not due, nothing written.
-pub fn touch(session: &mut Session, now: Timestamp, policy: &Policy) -> Transition<Result<bool, Refusal>> {
-    let mut effects = Vec::new();
-    let outcome = ensure_live(session, now, policy, &mut effects).map(|()| {
-        if !session.touch_due(now, policy) {
-            return false;
-        }
-        session.last_used_at = now;
-        bump(session, Durability::Lazy, &mut effects);
-        true
-    });
-    Transition::new(outcome, effects)
+pub fn touch(session: Option<&mut Session>, now: Timestamp, policy: &Policy) -> Transition<Result<bool, Refusal>> {
+    on_record(session, Err(Refusal::Unknown), |s, effects| {
+        ensure_live(s, now, policy, effects).map(|()| {
+            if !s.touch_due(now, policy) {
+                return false;
+            }
+            s.last_used_at = now;
+            bump(s, Durability::Lazy, effects);
+            true
+        })
+    })
 }
 
 /// Issues the session's one refresh ticket, if a refresh is due and none is live.
 pub fn begin_refresh(
-    session: &mut Session,
+    session: Option<&mut Session>,
     trigger: Trigger,
     now: Timestamp,
     policy: &Policy,
 ) -> Transition<Result<RefreshTicket, RefreshRefusal>> {
-    let mut effects = Vec::new();
-    let outcome = begin(session, trigger, now, policy, &mut effects);
-    Transition::new(outcome, effects)
+    on_record(session, Err(RefreshRefusal::Ended(Refusal::Unknown)), |s, effects| {
+        begin(s, trigger, now, policy, effects)
+    })
 }
 
 fn begin(
@@ -303,27 +276,26 @@ fn begin(
 /// ticket be issued for the same refresh token. `Err(NotDue)` when the ticket is no longer the session's
 /// live one (it lapsed, was superseded or completed): its holder must not count on the lease any more.
 pub fn renew_lease(
-    session: &mut Session,
+    session: Option<&mut Session>,
     ticket: &RefreshTicket,
     now: Timestamp,
     policy: &Policy,
 ) -> Transition<Result<Timestamp, RefreshRefusal>> {
-    let mut effects = Vec::new();
-    let outcome = ensure_live(session, now, policy, &mut effects).map_err(RefreshRefusal::Ended).and_then(|()| {
-        match session.refresh.live_lease(now) {
-            Some(lease) if lease.generation == ticket.generation && session.key == ticket.key => {
+    on_record(session, Err(RefreshRefusal::Ended(Refusal::Unknown)), |s, effects| {
+        ensure_live(s, now, policy, effects).map_err(RefreshRefusal::Ended)?;
+        match s.refresh.live_lease(now) {
+            Some(lease) if lease.generation == ticket.generation && s.key == ticket.key => {
                 let expires_at = now.saturating_add(policy.refresh_lease).max(lease.expires_at);
                 // A renewal that moves nothing writes nothing.
                 if expires_at > lease.expires_at {
-                    session.refresh.lease = Some(Lease { generation: lease.generation, expires_at });
-                    bump(session, Durability::Lazy, &mut effects);
+                    s.refresh.lease = Some(Lease { generation: lease.generation, expires_at });
+                    bump(s, Durability::Lazy, effects);
                 }
                 Ok(expires_at)
             }
             _ => Err(RefreshRefusal::NotDue),
         }
-    });
-    Transition::new(outcome, effects)
+    })
 }
 
 /// Hands back a ticket with the provider's answer. `session` is `None` when the record is gone.
@@ -392,28 +364,57 @@ fn complete(
 /// Ends an active session for `reason`. `Err` carries how it had already ended. A logout also clears the
 /// requesting browser's cookies.
 pub fn revoke(
-    session: &mut Session,
+    session: Option<&mut Session>,
     reason: RevocationReason,
     now: Timestamp,
     policy: &Policy,
 ) -> Transition<Result<(), Refusal>> {
-    let mut effects = Vec::new();
-    let outcome = ensure_live(session, now, policy, &mut effects)
-        .map(|()| end(session, State::Revoked { at: now, reason }, &mut effects));
-    if outcome.is_ok() && reason.clears_cookies() {
-        effects.push(Effect::ClearCookies);
+    let mut t = end_for(session, reason, now, policy);
+    if t.outcome.is_ok() && reason.clears_cookies() {
+        t.effects.push(Effect::ClearCookies);
     }
-    Transition::new(outcome, effects)
+    t
 }
 
-/// Expires the session if a deadline has passed. Used by the sweeper.
-pub fn expire_if_due(session: &mut Session, now: Timestamp, policy: &Policy) -> Transition<Option<ExpiryReason>> {
-    let mut effects = Vec::new();
-    let outcome = match ensure_live(session, now, policy, &mut effects) {
+/// Ends a session from the device list of the session `requester`. Ending the very session that asks is a
+/// logout of this browser, so its cookies are cleared; ending another device's leaves them alone.
+pub fn end_from_device(
+    session: Option<&mut Session>,
+    requester: SessionKey,
+    now: Timestamp,
+    policy: &Policy,
+) -> Transition<Result<(), Refusal>> {
+    let own = session.as_ref().is_some_and(|s| s.key == requester);
+    let mut t = end_for(session, RevocationReason::RevokedFromDevice, now, policy);
+    if t.outcome.is_ok() && own {
+        t.effects.push(Effect::ClearCookies);
+    }
+    t
+}
+
+/// Ends an active session for `reason`, without a word about the requester's cookies: the part of a
+/// revocation that concerns only the record (one session of a revoke-all, say).
+pub(crate) fn end_for(
+    session: Option<&mut Session>,
+    reason: RevocationReason,
+    now: Timestamp,
+    policy: &Policy,
+) -> Transition<Result<(), Refusal>> {
+    on_record(session, Err(Refusal::Unknown), |s, effects| {
+        ensure_live(s, now, policy, effects).map(|()| end(s, State::Revoked { at: now, reason }, effects))
+    })
+}
+
+/// Expires the session if a deadline has passed; `None` if it did not expire now.
+pub fn expire_if_due(
+    session: Option<&mut Session>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Transition<Option<ExpiryReason>> {
+    on_record(session, None, |s, effects| match ensure_live(s, now, policy, effects) {
         Err(Refusal::Expired(reason)) if !effects.is_empty() => Some(reason),
         _ => None,
-    };
-    Transition::new(outcome, effects)
+    })
 }
 
 /// `Ok` when the session is active and within its deadlines; otherwise expires it if a deadline just passed

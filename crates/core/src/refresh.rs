@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{Secret, SessionKey};
+use crate::refusal::Refusal;
 use crate::time::Timestamp;
 
 /// Refresh bookkeeping of one session.
@@ -88,6 +89,27 @@ pub struct TokenGrant {
     pub id_token: Option<Secret>,
 }
 
+/// Why the provider did not issue new tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshError {
+    /// The provider refused the refresh token (`invalid_grant`): the grant is gone.
+    InvalidGrant,
+    /// A timeout, a 5xx, a network error: try again after a back-off.
+    Transient,
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidGrant => "the provider refused the refresh token (invalid_grant)",
+            Self::Transient => "the provider could not be reached or failed",
+        })
+    }
+}
+
+impl std::error::Error for RefreshError {}
+
 /// How the call to the token endpoint ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshResult {
@@ -98,12 +120,22 @@ pub enum RefreshResult {
     Transient,
 }
 
+impl From<Result<TokenGrant, RefreshError>> for RefreshResult {
+    fn from(r: Result<TokenGrant, RefreshError>) -> Self {
+        match r {
+            Ok(grant) => Self::Success(grant),
+            Err(RefreshError::InvalidGrant) => Self::InvalidGrant,
+            Err(RefreshError::Transient) => Self::Transient,
+        }
+    }
+}
+
 /// Why no ticket was issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RefreshRefusal {
     /// The session is not active (or its deadline just passed).
-    Ended(crate::Refusal),
+    Ended(Refusal),
     /// The session has no refresh token.
     NoRefreshToken,
     /// The access token is not yet within the trigger's margin: someone refreshed it already.

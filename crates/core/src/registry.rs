@@ -12,11 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::background::{self, Visit};
 use crate::effect::Effect;
 use crate::id::{Handle, SessionId, SessionKey};
 use crate::lifecycle::{self, AuthRequest, Authenticated, NewSession, Refusal, Transition};
 use crate::policy::{Policy, PolicyError};
 use crate::refresh::{RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, Trigger};
+use crate::revoke_all::{Lookup, RevokeAll};
 use crate::session::{ExpiryReason, RevocationReason, Session, UserId};
 use crate::time::Timestamp;
 
@@ -129,9 +131,8 @@ impl Registry {
         }
         let mut effects = Vec::new();
         if let Some(old) = supersedes {
-            let t = self
-                .update(old, |s, policy| s.map(|s| lifecycle::revoke(s, RevocationReason::Superseded, now, policy)));
-            effects.extend(t.into_iter().flat_map(|t| t.effects));
+            let t = self.update(old, |s, policy| lifecycle::revoke(s, RevocationReason::Superseded, now, policy));
+            effects.extend(t.effects);
         }
         let created = lifecycle::create(new, now, &self.policy);
         effects.extend(created.effects);
@@ -151,14 +152,11 @@ impl Registry {
         request: &AuthRequest<'_>,
         now: Timestamp,
     ) -> Transition<Result<Authenticated, Refusal>> {
-        let id = match lifecycle::admit(request) {
-            Ok(id) => id,
-            Err(refusal @ (Refusal::NoCookie | Refusal::Csrf(_))) => {
-                return Transition::new(Err(refusal), Vec::new());
-            }
-            Err(refusal) => return Transition::new(Err(refusal), vec![Effect::ClearCookies]),
-        };
-        self.authenticate_id(&id, now)
+        let admitted = lifecycle::admit(request);
+        match admitted.outcome {
+            Ok(id) => self.authenticate_id(&id, now),
+            Err(refusal) => Transition::new(Err(refusal), admitted.effects),
+        }
     }
 
     /// [`Registry::authenticate`] for a caller that has already admitted the request.
@@ -167,10 +165,7 @@ impl Registry {
     }
 
     pub fn touch(&mut self, key: SessionKey, now: Timestamp) -> Transition<Result<bool, Refusal>> {
-        self.update(key, |s, policy| match s {
-            Some(s) => lifecycle::touch(s, now, policy),
-            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
-        })
+        self.update(key, |s, policy| lifecycle::touch(s, now, policy))
     }
 
     pub fn begin_refresh(
@@ -179,10 +174,7 @@ impl Registry {
         trigger: Trigger,
         now: Timestamp,
     ) -> Transition<Result<RefreshTicket, RefreshRefusal>> {
-        self.update(key, |s, policy| match s {
-            Some(s) => lifecycle::begin_refresh(s, trigger, now, policy),
-            None => Transition::new(Err(RefreshRefusal::Ended(Refusal::Unknown)), Vec::new()),
-        })
+        self.update(key, |s, policy| lifecycle::begin_refresh(s, trigger, now, policy))
     }
 
     /// Extends the lease of a ticket whose provider call is still running.
@@ -191,10 +183,7 @@ impl Registry {
         ticket: &RefreshTicket,
         now: Timestamp,
     ) -> Transition<Result<Timestamp, RefreshRefusal>> {
-        self.update(ticket.key, |s, policy| match s {
-            Some(s) => lifecycle::renew_lease(s, ticket, now, policy),
-            None => Transition::new(Err(RefreshRefusal::Ended(Refusal::Unknown)), Vec::new()),
-        })
+        self.update(ticket.key, |s, policy| lifecycle::renew_lease(s, ticket, now, policy))
     }
 
     pub fn complete_refresh(
@@ -213,10 +202,17 @@ impl Registry {
         reason: RevocationReason,
         now: Timestamp,
     ) -> Transition<Result<(), Refusal>> {
-        self.update(key, |s, policy| match s {
-            Some(s) => lifecycle::revoke(s, reason, now, policy),
-            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
-        })
+        self.update(key, |s, policy| lifecycle::revoke(s, reason, now, policy))
+    }
+
+    /// Ends every active session a plan names. Returns the sessions it ended.
+    pub fn revoke_all(&mut self, plan: &RevokeAll, now: Timestamp) -> Transition<Vec<SessionKey>> {
+        let keys = plan.order(self.lookup(&plan.lookup));
+        let mut visits = Vec::with_capacity(keys.len());
+        for key in keys {
+            visits.push((key, self.update(key, |s, policy| plan.revoke(s, now, policy))));
+        }
+        plan.finish(visits)
     }
 
     /// Ends every active session of a user ("log out everywhere"). Returns the sessions it ended.
@@ -226,35 +222,36 @@ impl Registry {
         reason: RevocationReason,
         now: Timestamp,
     ) -> Transition<Vec<SessionKey>> {
-        let keys = self.keys_of(&self.by_user, user);
-        let mut t = self.revoke_keys(keys, reason, now);
-        // Even with no session left to end, the requesting browser leaves without cookies.
-        if reason.clears_cookies() && !t.effects.contains(&Effect::ClearCookies) {
-            t.effects.push(Effect::ClearCookies);
-        }
-        t
+        self.revoke_all(&RevokeAll::user(user.clone(), reason), now)
     }
 
-    /// Ends the user's session named by `handle`, from another device. Another user's handle is unknown.
-    pub fn revoke_handle(&mut self, user: &UserId, handle: Handle, now: Timestamp) -> Transition<Result<(), Refusal>> {
-        let key =
-            self.keys_of(&self.by_user, user).into_iter().find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
+    /// Ends the user's session named by `handle`, from the device list of the session `requester`.
+    /// Another user's handle is unknown.
+    pub fn revoke_handle(
+        &mut self,
+        user: &UserId,
+        handle: Handle,
+        requester: SessionKey,
+        now: Timestamp,
+    ) -> Transition<Result<(), Refusal>> {
+        let key = self
+            .lookup(&Lookup::User(user.clone()))
+            .into_iter()
+            .find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
         match key {
-            Some(key) => self.revoke(key, RevocationReason::RevokedFromDevice, now),
+            Some(key) => self.update(key, |s, policy| lifecycle::end_from_device(s, requester, now, policy)),
             None => Transition::new(Err(Refusal::Unknown), Vec::new()),
         }
     }
 
     /// Back-channel logout naming the provider's session.
     pub fn revoke_by_sid(&mut self, iss: &str, sid: &str, now: Timestamp) -> Transition<Vec<SessionKey>> {
-        let keys = self.keys_of(&self.by_sid, &(iss.to_owned(), sid.to_owned()));
-        self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
+        self.revoke_all(&RevokeAll::by_sid(iss, sid), now)
     }
 
     /// Back-channel logout naming the user at the provider.
     pub fn revoke_by_sub(&mut self, iss: &str, sub: &str, now: Timestamp) -> Transition<Vec<SessionKey>> {
-        let keys = self.keys_of(&self.by_sub, &(iss.to_owned(), sub.to_owned()));
-        self.revoke_keys(keys, RevocationReason::BackchannelLogout, now)
+        self.revoke_all(&RevokeAll::by_sub(iss, sub), now)
     }
 
     /// Expires sessions past a deadline, deletes tombstones past retention and lists the sessions due for a
@@ -264,69 +261,60 @@ impl Registry {
         let mut report = TickReport::default();
         let mut effects = Vec::new();
         for key in due {
-            let Some(session) = self.get(&key) else {
-                continue;
-            };
-            if session.delete_at(&self.policy).is_some_and(|at| now >= at) {
-                self.remove(&key);
-                report.deleted.push(key);
-                effects.push(Effect::Delete { key });
-                continue;
+            let t = self.update(key, |s, policy| background::visit(key, s, now, policy));
+            match t.outcome {
+                Visit::Deleted => report.deleted.push(key),
+                Visit::Expired(reason) => report.expired.push((key, reason)),
+                Visit::RefreshDue => report.refresh_due.push(key),
+                Visit::Gone | Visit::Nothing => {}
             }
-            let t = self.update(key, |s, policy| s.map(|s| lifecycle::expire_if_due(s, now, policy)));
-            if let Some(t) = t {
-                effects.extend(t.effects);
-                if let Some(reason) = t.outcome {
-                    report.expired.push((key, reason));
-                }
-            }
-            if self.get(&key).is_some_and(|s| s.background_refresh_due(now, &self.policy)) {
-                report.refresh_due.push(key);
-            }
+            effects.extend(t.effects);
         }
         Transition::new(report, effects)
     }
 
-    fn revoke_keys(
-        &mut self,
-        keys: Vec<SessionKey>,
-        reason: RevocationReason,
-        now: Timestamp,
-    ) -> Transition<Vec<SessionKey>> {
-        let mut ended = Vec::new();
-        let mut effects = Vec::new();
-        for key in keys {
-            let t = self.update(key, |s, policy| s.map(|s| lifecycle::revoke(s, reason, now, policy)));
-            if let Some(t) = t {
-                if t.outcome.is_ok() {
-                    ended.push(key);
-                }
-                effects.extend(t.effects);
-            }
+    /// The keys an index holds for `lookup`.
+    pub fn lookup(&self, lookup: &Lookup) -> Vec<SessionKey> {
+        match lookup {
+            Lookup::User(user) => self.keys_of(&self.by_user, user),
+            Lookup::Sid { iss, sid } => self.keys_of(&self.by_sid, &(iss.clone(), sid.clone())),
+            Lookup::Sub { iss, sub } => self.keys_of(&self.by_sub, &(iss.clone(), sub.clone())),
         }
-        Transition::new(ended, effects)
     }
 
     fn keys_of<K: Ord>(&self, index: &BTreeMap<K, BTreeSet<SessionKey>>, k: &K) -> Vec<SessionKey> {
         index.get(k).map(|set| set.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// Runs a lifecycle transition on one record and brings the indexes up to date with its result.
-    fn update<T>(&mut self, key: SessionKey, f: impl FnOnce(Option<&mut Session>, &Policy) -> T) -> T {
+    /// Runs a transition on one record and carries out its store effects here: a `Persist` brings the
+    /// indexes and the schedule up to date with the new record, a `Delete` removes it.
+    fn update<T>(
+        &mut self,
+        key: SessionKey,
+        f: impl FnOnce(Option<&mut Session>, &Policy) -> Transition<T>,
+    ) -> Transition<T> {
         let Some(entry) = self.entries.get_mut(&key) else {
             return f(None, &self.policy);
         };
         let was_active = entry.session.is_active();
-        let version = entry.session.version();
-        let out = f(Some(&mut entry.session), &self.policy);
-        if entry.session.version() != version {
-            if was_active && !entry.session.is_active() {
-                let session = entry.session.clone();
-                self.unindex(&session);
+        let t = f(Some(&mut entry.session), &self.policy);
+        for effect in &t.effects {
+            match effect {
+                Effect::Delete { key: deleted } if *deleted == key => self.remove(&key),
+                Effect::Persist { key: persisted, .. } if *persisted == key => {
+                    if let Some(entry) = self.entries.get(&key)
+                        && was_active
+                        && !entry.session.is_active()
+                    {
+                        let session = entry.session.clone();
+                        self.unindex(&session);
+                    }
+                    self.reschedule(key);
+                }
+                _ => {}
             }
-            self.reschedule(key);
         }
-        out
+        t
     }
 
     fn insert(&mut self, session: Session) {

@@ -212,10 +212,10 @@ fn expiring_twice_reports_only_the_first_time() {
     let policy = Policy::hardened();
     let mut session = lifecycle::create(&oidc(1, Some(MIN)), T0, &policy).outcome;
     let late = at(policy.absolute_lifetime);
-    let first = lifecycle::expire_if_due(&mut session, late, &policy);
+    let first = lifecycle::expire_if_due(Some(&mut session), late, &policy);
     assert_eq!(first.outcome, Some(ExpiryReason::Idle));
     assert!(!first.effects.is_empty());
-    let again = lifecycle::expire_if_due(&mut session, late, &policy);
+    let again = lifecycle::expire_if_due(Some(&mut session), late, &policy);
     assert_eq!((again.outcome, again.effects.len()), (None, 0));
 }
 

@@ -92,14 +92,23 @@ pub struct Expect {
 /// What the test generator may ask for. Indexes wrap around the pools, so shrinking never invalidates them.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Create { user: usize, oidc: Option<OidcOp>, supersede: Option<usize> },
-    Authenticate { target: Target, unsafe_method: bool, proof: Proof },
+    Create {
+        user: usize,
+        oidc: Option<OidcOp>,
+        supersede: Option<usize>,
+    },
+    Authenticate {
+        target: Target,
+        unsafe_method: bool,
+        proof: Proof,
+    },
     Touch(usize),
     BeginRefresh(usize, Trigger),
     CompleteRefresh(usize, ResultOp),
     Revoke(usize, RevocationReason),
     RevokeUser(usize, RevocationReason),
-    RevokeHandle(usize, usize),
+    /// Ends session `.1` of user `.0` from the device list of session `.2`.
+    RevokeHandle(usize, usize, usize),
     RevokeBySid(u8),
     RevokeBySub(usize),
     Tick,
@@ -453,15 +462,20 @@ impl Model {
                 }
                 (Some(Command::RevokeUser { user: user_id(*u), reason: *reason }), Obs::Many(ended))
             }
-            Op::RevokeHandle(u, i) => {
+            Op::RevokeHandle(u, i, from) => {
                 let id = self.id(*i);
+                let requester = self.id(*from).key();
                 let mine = self.sessions.get(&id.key()).is_some_and(|s| s.user == *u && s.end.is_none());
                 let result = if mine {
                     self.revoke(id.key(), RevocationReason::RevokedFromDevice, &mut revoked)
                 } else {
                     Err(Refusal::Unknown)
                 };
-                (Some(Command::RevokeHandle { user: user_id(*u), handle: id.handle() }), Obs::Revoke(result))
+                // Ending the very session that asks signs this browser out.
+                if result.is_ok() && id.key() == requester {
+                    cookies = Cookies::Cleared;
+                }
+                (Some(Command::RevokeHandle { user: user_id(*u), handle: id.handle(), requester }), Obs::Revoke(result))
             }
             Op::RevokeBySid(n) => {
                 let sid = format!("sid{n}");
