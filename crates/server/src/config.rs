@@ -27,6 +27,7 @@ pub enum Command {
     /// Serve in front of an external OpenID provider.
     Serve(ServeArgs),
     /// Serve the demo: embedded dev provider at /idp, sled in ./data, a demo page at / and an echo API.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
 
@@ -102,6 +103,7 @@ pub struct ServeArgs {
     pub upstream: Option<url::Url>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     #[command(flatten)]
@@ -120,6 +122,7 @@ pub enum Provider {
         client_secret: String,
     },
     /// The dev provider, mounted at `/idp` in this process.
+    #[cfg(feature = "demo")]
     Embedded {
         access_token_ttl: Duration,
     },
@@ -131,6 +134,7 @@ pub enum Upstream {
     None,
     Url(url::Url),
     /// The demo's echo API in this process.
+    #[cfg(feature = "demo")]
     Echo,
 }
 
@@ -272,6 +276,7 @@ impl Command {
                 }
                 a.common.settings(provider, scopes, upstream, false)
             }
+            #[cfg(feature = "demo")]
             Self::Demo(a) => {
                 let scopes = ["openid", "profile", "email", "offline_access"].map(str::to_owned).to_vec();
                 a.common.settings(
@@ -298,12 +303,14 @@ mod tests {
         assert!(parse_duration("m").is_err());
     }
 
+    #[cfg(feature = "demo")]
     fn demo(extra: &[&str]) -> Result<Settings, ConfigError> {
         let mut args = vec!["bff-session", "demo"];
         args.extend_from_slice(extra);
         Cli::try_parse_from(args).map_err(|e| err("args", e.to_string()))?.command.settings()
     }
 
+    #[cfg(feature = "demo")]
     #[test]
     fn bad_settings_name_the_setting() {
         assert_eq!(demo(&["--policy", "lax"]).unwrap_err().setting, "--policy");

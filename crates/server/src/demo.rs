@@ -1,14 +1,36 @@
-//! The demo: a page that exercises every endpoint, and an echo API to stand in for the upstream.
+//! The demo: the embedded dev provider, a page that exercises every endpoint, and an echo API to stand in
+//! for the upstream. Built only with the `demo` feature.
 //!
-//! Owns only presentation. The page never sees a token: it reads the CSRF cookie, calls `/auth/*` and
+//! Owns the dev provider's configuration and presentation. The page never sees a token: it reads the CSRF cookie, calls `/auth/*` and
 //! `/api/*`, and shows what the echo API reports about the access token the BFF attached.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bff_session_dev_idp::DevIdp;
 use warp::Reply as _;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::http::Req;
+use crate::StartError;
 use crate::oidc::jwt_payload;
+use crate::request::Req;
+
+/// The dev provider for a server at `public_url` listening on `addr`, with a fresh client secret.
+pub(crate) fn provider(public_url: &str, addr: SocketAddr, access_token_ttl: Duration) -> Result<DevIdp, StartError> {
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).map_err(StartError::Random)?;
+    let config = bff_session_dev_idp::Config {
+        issuer: format!("{public_url}/idp"),
+        client_id: "bff-session-demo".into(),
+        client_secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
+        redirect_uris: vec![format!("{public_url}/auth/callback")],
+        post_logout_redirect_uris: vec![format!("{public_url}/")],
+        backchannel_logout_uri: Some(format!("http://{addr}/auth/backchannel-logout")),
+        access_token_ttl,
+    };
+    DevIdp::new(config).map_err(|e| StartError::DevProvider(e.to_string()))
+}
 
 const PAGE: &str = include_str!("../static/index.html");
 

@@ -1,76 +1,43 @@
-//! The HTTP API: parse a request, ask the service, turn the outcome into a response.
+//! The HTTP API: route a request, ask the service, turn the outcome into a response.
 //!
-//! Owns paths, status codes, the JSON error shape `{"error": "...", "message": "..."}`, cookies on the wire
-//! and the API proxy. It holds no lifecycle rule: a request is refused or served because core said so.
-//! No session ID, token, code or CSRF proof is ever written to a log line or an error message.
+//! Owns paths, status codes, the JSON error shape `{"error": "...", "message": "..."}` and cookies on the
+//! wire; `auth` holds the `/auth/*` handlers. It holds no lifecycle rule and never touches the store: a
+//! request is refused or served because core said so, and cookies change because an effect says so. No
+//! session ID, token, code or CSRF proof is ever written to a log line or an error message.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+mod auth;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use bff_session_core::cookie::{self, CookieError, Cookies, Kind};
-use bff_session_core::lifecycle::{AuthRequest, Login, Method, NewSession, Refusal};
-use bff_session_core::{
-    Device, Effect, Handle, RevocationReason, Session, SessionId, Trigger, UserId, client_ip, csrf, return_path,
-};
-use bytes::Bytes;
+use bff_session_core::cookie::{CookieError, Cookies, Kind};
+use bff_session_core::lifecycle::{AuthRequest, Method};
+use bff_session_core::{Effect, Refusal, SessionId, Timestamp, client_ip, csrf};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::warn;
 use warp::Filter;
 use warp::Reply as _;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use crate::login::{self, PendingLogin};
-use crate::service::{Service, ServiceError, new_session_id};
+use crate::oidc::Oidc;
+use crate::request::{CSRF_HEADER, Req};
+use crate::service::{Access, Admitted, Service, ServiceError};
 
-pub const CSRF_HEADER: &str = "x-csrf-token";
 const MAX_BODY: usize = 1 << 20;
-
-/// Constant-time equality for the login `state`. Hashing first gives equal lengths, so the comparison's time
-/// says nothing about either input.
-fn ct_eq(a: &str, b: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    bool::from(Sha256::digest(a.as_bytes()).as_slice().ct_eq(Sha256::digest(b.as_bytes()).as_slice()))
-}
-
-/// The body of `GET /auth/session`. Times are milliseconds since the Unix epoch.
-#[derive(serde::Serialize)]
-struct SessionBody<'a> {
-    user: UserBody<'a>,
-    session: SessionTimes,
-    csrf_token: String,
-}
-
-#[derive(serde::Serialize)]
-struct UserBody<'a> {
-    sub: &'a str,
-    name: Option<&'a str>,
-    email: Option<&'a str>,
-}
-
-#[derive(serde::Serialize)]
-struct SessionTimes {
-    handle: String,
-    created_at: u64,
-    last_used_at: u64,
-    absolute_deadline: u64,
-    idle_deadline: Option<u64>,
-    access_token_expires_at: Option<u64>,
-}
 
 /// Everything the handlers need that is not per request.
 pub struct App {
     pub service: Arc<Service>,
+    pub oidc: Arc<Oidc>,
     pub cookies: Cookies,
     /// The public origin, e.g. `https://app.example.com` (no trailing slash).
     pub public_url: String,
     pub trusted_proxies: client_ip::TrustedProxies,
     pub upstream: Option<url::Url>,
     pub http: reqwest::Client,
+    /// Serve the demo page and the echo upstream.
     pub demo: bool,
 }
 
@@ -80,24 +47,7 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// One request, as the handlers see it.
-pub struct Req {
-    pub method: warp::http::Method,
-    pub path: String,
-    pub query: String,
-    pub headers: HeaderMap,
-    pub peer: Option<SocketAddr>,
-    pub body: Bytes,
-}
-
-impl std::fmt::Debug for Req {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Headers and body may carry cookies and tokens: never print them.
-        f.debug_struct("Req").field("method", &self.method).field("path", &self.path).finish_non_exhaustive()
-    }
-}
-
-/// A refusal with its status and, when the cookies are dead, the cookies to clear.
+/// A refusal with its status and the cookies to clear with it.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -112,18 +62,17 @@ impl ApiError {
         Self { status, code, message: message.into(), clear_cookies: false, clear_login: false }
     }
 
-    fn refusal(r: Refusal, effects: &[Effect]) -> Self {
+    /// Core's refusal; whether the cookies die with it is core's call too ([`Refusal::clears_cookies`]).
+    fn refusal(r: Refusal) -> Self {
         let status = match r {
             Refusal::Csrf(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         };
-        Self {
-            status,
-            code: r.code(),
-            message: r.to_string(),
-            clear_cookies: effects.contains(&Effect::ClearCookies),
-            clear_login: false,
-        }
+        Self { status, code: r.code(), message: r.to_string(), clear_cookies: r.clears_cookies(), clear_login: false }
+    }
+
+    fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 }
 
@@ -134,9 +83,13 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ServiceError::Store(e).into()
+impl From<CookieError> for ApiError {
+    fn from(e: CookieError) -> Self {
+        let code = match e {
+            CookieError::TooLarge { .. } => "cookies_too_large",
+            _ => "duplicate_cookie",
+        };
+        Self::new(StatusCode::BAD_REQUEST, code, e.to_string())
     }
 }
 
@@ -190,7 +143,9 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
         (_, ["api", ..]) => ("api", app.proxy(&req).await),
         ("POST", ["__test", "clock"]) if app.service.clock.is_test() => ("test_clock", app.test_clock(&req)),
         ("POST", ["__test", "tick"]) if app.service.clock.is_test() => ("test_tick", app.test_tick().await),
+        #[cfg(feature = "demo")]
         ("GET", [""]) if app.demo => ("demo", Ok(crate::demo::page())),
+        #[cfg(feature = "demo")]
         (_, ["__echo", ..]) if app.demo => ("echo", Ok(crate::demo::echo(&req))),
         (_, ["auth" | "healthz" | "metrics" | "openapi.json", ..]) => (
             "other",
@@ -200,7 +155,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
                 format!("{m} is not allowed here"),
             )),
         ),
-        _ => ("other", Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))),
+        _ => ("other", Err(ApiError::not_found())),
     };
     let response = result.unwrap_or_else(|e| app.error_response(e));
     app.service.metrics.observe(route, started.elapsed());
@@ -233,26 +188,6 @@ fn add_cookie(r: &mut Response, value: &str) {
     }
 }
 
-fn redirect(location: &str) -> Response {
-    let mut r = warp::reply::with_status(warp::reply(), StatusCode::FOUND).into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
-}
-
-fn query_map(q: &str) -> HashMap<String, String> {
-    url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()
-}
-
-fn header_str<'a>(req: &'a Req, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn iso(t: bff_session_core::Timestamp) -> serde_json::Value {
-    json!(t.as_millis())
-}
-
 impl App {
     fn error_response(&self, e: ApiError) -> Response {
         let mut r = no_store(json_response(e.status, &json!({ "error": e.code, "message": e.message })));
@@ -270,264 +205,34 @@ impl App {
         add_cookie(r, &self.cookies.clear(Kind::Csrf));
     }
 
-    fn set_cookies(&self, r: &mut Response, id: &SessionId, max_age: std::time::Duration) {
-        add_cookie(r, &self.cookies.set(Kind::Session, &id.encode(), max_age));
-        add_cookie(r, &self.cookies.set(Kind::Csrf, &csrf::proof_for(id), max_age));
-    }
-
-    /// Applies the cookie effects of a transition to a response.
+    /// Carries out the cookie effects of a transition on a response. `id` is the ID a new session was made
+    /// with: only its creator knows it, so only its creator can set its cookies.
     fn apply_cookie_effects(&self, r: &mut Response, effects: &[Effect], id: Option<&SessionId>) {
         for effect in effects {
-            match effect {
-                Effect::ClearCookies => self.clear_cookies(r),
-                Effect::SetCookies { max_age, .. } => {
-                    if let Some(id) = id {
-                        self.set_cookies(r, id, *max_age);
-                    }
+            match (effect, id) {
+                (Effect::ClearCookies, _) => self.clear_cookies(r),
+                (Effect::SetCookies { key, max_age }, Some(id)) if *key == id.key() => {
+                    add_cookie(r, &self.cookies.set(Kind::Session, &id.encode(), *max_age));
+                    add_cookie(r, &self.cookies.set(Kind::Csrf, &csrf::proof_for(id), *max_age));
                 }
                 _ => {}
             }
         }
     }
 
-    fn cookie(&self, req: &Req, kind: Kind) -> Result<Option<String>, ApiError> {
-        let values: Vec<&str> = req.headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
-        cookie::find(values.iter().copied(), &self.cookies.name(kind)).map(|v| v.map(str::to_owned)).map_err(
-            |e| match e {
-                CookieError::TooLarge { .. } => {
-                    ApiError::new(StatusCode::BAD_REQUEST, "cookies_too_large", e.to_string())
-                }
-                _ => ApiError::new(StatusCode::BAD_REQUEST, "duplicate_cookie", e.to_string()),
-            },
-        )
-    }
-
-    /// The request's live session, or the refusal. `method` decides whether a CSRF proof is required.
-    async fn authenticated(&self, req: &Req) -> Result<(Arc<Session>, SessionId), ApiError> {
-        let cookie = self.cookie(req, Kind::Session)?;
+    /// The request's live session, or core's refusal. The method decides whether a CSRF proof is required.
+    async fn authenticated(&self, req: &Req) -> Result<Admitted, ApiError> {
         let request = AuthRequest {
-            cookie: cookie.as_deref(),
+            cookie: req.cookie(&self.cookies, Kind::Session)?,
             method: Method::classify(req.method.as_str()),
-            csrf_proof: header_str(req, CSRF_HEADER),
+            csrf_proof: req.header(CSRF_HEADER),
         };
-        let applied = self.service.authenticate(&request).await?;
-        match (applied.outcome, applied.session) {
-            (Ok(_), Some(session)) => {
-                // admit() succeeded, so the cookie decodes.
-                let id = cookie
-                    .as_deref()
-                    .and_then(|c| SessionId::decode(c).ok())
-                    .ok_or_else(|| ApiError::refusal(Refusal::Unknown, &[]))?;
-                Ok((session, id))
-            }
-            (Ok(_), None) => Err(ApiError::refusal(Refusal::Unknown, &[Effect::ClearCookies])),
-            (Err(refusal), _) => Err(ApiError::refusal(refusal, &applied.effects)),
-        }
-    }
-
-    async fn login(&self, req: &Req) -> Result<Response, ApiError> {
-        let q = query_map(&req.query);
-        let return_to = match q.get("return_to") {
-            Some(p) => return_path::validate(p)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_return_to", e.to_string()))?,
-            None => return_path::ReturnPath::root(),
-        };
-        let hint = q.get("login_hint").map(String::as_str).filter(|h| !h.is_empty() && h.len() <= 256);
-        let start = self.service.oidc.start(hint);
-        let now = self.service.clock.now();
-        let pending = PendingLogin {
-            state: start.state,
-            nonce: start.nonce,
-            verifier: start.verifier,
-            return_to: return_to.as_str().to_owned(),
-            expires_ms: now.saturating_add(login::LIFETIME).as_millis(),
-        };
-        let cookie_value = login::save(&self.service.store, &pending).await?;
-        let mut r = no_store(redirect(&start.url));
-        add_cookie(&mut r, &self.cookies.set(Kind::Login, &cookie_value, login::LIFETIME));
-        Ok(r)
-    }
-
-    async fn callback(&self, req: &Req) -> Result<Response, ApiError> {
-        let q = query_map(&req.query);
-        let login_cookie = self.cookie(req, Kind::Login)?;
-        let fail = |code: &'static str, message: &str| {
-            warn!(reason = code, "login failed");
-            // Whatever went wrong, this login attempt is over.
-            let mut e = ApiError::new(StatusCode::BAD_REQUEST, code, message);
-            e.clear_login = true;
-            e
-        };
-        let Some(login_cookie) = login_cookie else {
-            return Err(fail("login_not_started", "no login in progress in this browser"));
-        };
-        let now = self.service.clock.now();
-        let pending = login::take(&self.service.store, &login_cookie, now.as_millis())
-            .await?
-            .ok_or_else(|| fail("login_expired", "this login is unknown, used or expired; start again"))?;
-        if let Some(error) = q.get("error") {
-            warn!(provider_error = %error.chars().take(64).collect::<String>(), "provider refused the login");
-            return Err(fail("provider_error", "the provider did not sign you in"));
-        }
-        let state = q.get("state").map(String::as_str).unwrap_or_default();
-        if !ct_eq(state, &pending.state) {
-            return Err(fail("state_mismatch", "the login response does not belong to this login"));
-        }
-        let code =
-            q.get("code").filter(|c| !c.is_empty()).ok_or_else(|| fail("missing_code", "no authorization code"))?;
-        let result = self.service.oidc.exchange(code, &pending.verifier, &pending.nonce).await.map_err(|e| {
-            warn!(error = %e, "code exchange failed");
-            match e {
-                crate::oidc::OidcError::Unavailable(_) => {
-                    let mut e = ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "provider_unavailable",
-                        "the provider could not be reached",
-                    );
-                    e.clear_login = true;
-                    e
-                }
-                _ => fail("login_rejected", "the provider's response was not valid"),
-            }
-        })?;
-        let presented =
-            self.cookie(req, Kind::Session).ok().flatten().and_then(|c| SessionId::decode(&c).ok()).map(|id| id.key());
-        let id = new_session_id()?;
-        let new = NewSession {
-            id: id.clone(),
-            user: UserId::new(result.identity.sub.clone()),
-            login: Login::Oidc { identity: result.identity, grant: result.grant },
-            device: self.device(req),
-        };
-        let applied = self.service.create(&new, presented).await?;
-        info!(session = %applied.outcome, "signed in");
-        let mut r = no_store(redirect(&format!("{}{}", self.public_url, pending.return_to)));
-        self.apply_cookie_effects(&mut r, &applied.effects, Some(&id));
-        add_cookie(&mut r, &self.cookies.clear(Kind::Login));
-        Ok(r)
-    }
-
-    fn device(&self, req: &Req) -> Device {
-        let peer = req.peer.map_or(IpAddr::from([127, 0, 0, 1]), |p| p.ip());
-        let all = |name: &str| req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
-        let ip = client_ip::resolve(peer, &all("forwarded"), &all("x-forwarded-for"), &self.trusted_proxies);
-        let user_agent = header_str(req, "user-agent").unwrap_or_default().chars().take(256).collect();
-        Device { user_agent, client_ip: Some(ip) }
-    }
-
-    async fn session(&self, req: &Req) -> Result<Response, ApiError> {
-        let (s, id) = self.authenticated(req).await?;
-        let oidc = s.oidc();
-        let body = SessionBody {
-            user: UserBody {
-                sub: s.user().as_str(),
-                name: oidc.and_then(|o| o.name.as_deref()),
-                email: oidc.and_then(|o| o.email.as_deref()),
-            },
-            session: SessionTimes {
-                handle: s.handle().to_string(),
-                created_at: s.created_at().as_millis(),
-                last_used_at: s.last_used_at().as_millis(),
-                absolute_deadline: s.absolute_deadline().as_millis(),
-                idle_deadline: s.idle_deadline(&self.service.policy).map(|t| t.as_millis()),
-                access_token_expires_at: s.tokens().map(|t| t.access_expires_at.as_millis()),
-            },
-            csrf_token: csrf::proof_for(&id),
-        };
-        Ok(no_store(warp::reply::json(&body).into_response()))
-    }
-
-    async fn logout(&self, req: &Req) -> Result<Response, ApiError> {
-        let (s, _) = self.authenticated(req).await?;
-        let id_token = s.tokens().and_then(|t| t.id_token.clone());
-        let applied = self.service.revoke(s.key(), RevocationReason::Logout).await?;
-        if let Err(refusal) = applied.outcome {
-            return Err(ApiError::refusal(refusal, &[Effect::ClearCookies]));
-        }
-        let state = random_state();
-        let end_session_url =
-            self.service.oidc.end_session_url(id_token.as_ref(), &format!("{}/", self.public_url), &state);
-        let mut r = no_store(json_response(StatusCode::OK, &json!({ "end_session_url": end_session_url })));
-        self.apply_cookie_effects(&mut r, &applied.effects, None);
-        Ok(r)
-    }
-
-    async fn logout_all(&self, req: &Req) -> Result<Response, ApiError> {
-        let (s, _) = self.authenticated(req).await?;
-        let keys = self.service.store.keys_of_user(s.user().as_str()).await?;
-        let ended = self.service.revoke_all(keys, RevocationReason::LogoutEverywhere).await?;
-        let mut r = no_store(json_response(StatusCode::OK, &json!({ "ended": ended })));
-        self.clear_cookies(&mut r);
-        Ok(r)
-    }
-
-    async fn list_sessions(&self, req: &Req) -> Result<Response, ApiError> {
-        let (current, _) = self.authenticated(req).await?;
-        let list: Vec<serde_json::Value> = self
-            .service
-            .sessions_of(current.user().as_str())
-            .await?
-            .iter()
-            .map(|s| {
-                json!({
-                    "handle": s.handle().to_string(),
-                    "created_at": iso(s.created_at()),
-                    "last_used_at": iso(s.last_used_at()),
-                    "user_agent": s.device().user_agent,
-                    "client_ip": s.device().client_ip.map(|ip| ip.to_string()),
-                    "current": s.key() == current.key(),
-                })
-            })
-            .collect();
-        Ok(no_store(json_response(StatusCode::OK, &json!({ "sessions": list }))))
-    }
-
-    async fn end_session(&self, req: &Req, handle: &str) -> Result<Response, ApiError> {
-        let (current, _) = self.authenticated(req).await?;
-        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unknown_session", "no such session of yours");
-        let handle = Handle::parse(handle).ok_or_else(not_found)?;
-        let target = self
-            .service
-            .sessions_of(current.user().as_str())
-            .await?
-            .into_iter()
-            .find(|s| s.handle() == handle)
-            .ok_or_else(not_found)?;
-        let applied = self.service.revoke(target.key(), RevocationReason::RevokedFromDevice).await?;
-        applied.outcome.map_err(|_| not_found())?;
-        let mut r = no_store(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response());
-        if target.key() == current.key() {
-            self.clear_cookies(&mut r);
-        }
-        Ok(r)
-    }
-
-    async fn backchannel(&self, req: &Req) -> Result<Response, ApiError> {
-        let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_logout_token", message);
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&req.body).into_owned().collect();
-        let token = form.get("logout_token").ok_or_else(|| bad("no logout_token".into()))?;
-        let claims = self.service.oidc.validate_logout_token(token).await.map_err(|e| {
-            warn!(error = %e, "back-channel logout token refused");
-            bad(e.to_string())
-        })?;
-        let fresh = self.service.store.remember_jti(&claims.jti, claims.exp).await?;
-        if !fresh {
-            return Err(bad("logout token replayed (jti already seen)".into()));
-        }
-        let keys = match (&claims.sid, &claims.sub) {
-            (Some(sid), _) => self.service.store.keys_of_sid(&claims.iss, sid).await?,
-            (None, Some(sub)) => self.service.store.keys_of_sub(&claims.iss, sub).await?,
-            (None, None) => Vec::new(),
-        };
-        let ended = self.service.revoke_all(keys, RevocationReason::BackchannelLogout).await?;
-        info!(ended, "back-channel logout");
-        Ok(no_store(json_response(StatusCode::OK, &json!({ "ended": ended }))))
+        self.service.authenticate_and_touch(&request).await?.outcome.map_err(ApiError::refusal)
     }
 
     /// `{"advance_ms": N}` moves the clock by N ms (negative goes back); `{"set_ms": T}` sets it to T and lets
     /// it run; `{"freeze_ms": T}` stops it at T.
     fn test_clock(&self, req: &Req) -> Result<Response, ApiError> {
-        use bff_session_core::Timestamp;
         let invalid = |m: &str| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", m.to_owned());
         let body: serde_json::Value =
             serde_json::from_slice(&req.body).map_err(|e| invalid(&format!("expected JSON: {e}")))?;
@@ -542,7 +247,7 @@ impl App {
                 ));
             }
         };
-        let now = now.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))?;
+        let now = now.ok_or_else(ApiError::not_found)?;
         Ok(json_response(StatusCode::OK, &json!({ "now_ms": now.as_millis(), "frozen": clock.is_frozen() })))
     }
 
@@ -564,37 +269,29 @@ impl App {
                 "request bodies are limited to 1 MiB",
             ));
         }
-        let (mut session, _) = self.authenticated(req).await?;
-        if session.refresh_due(self.service.clock.now(), &self.service.policy) {
-            session = self
-                .service
-                .ensure_fresh(session.key(), Trigger::Request)
-                .await?
-                .map_err(|r| ApiError::refusal(r, &[Effect::ClearCookies]))?;
-        }
-        if session.tokens().is_none() {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "no_access_token", "this session has no access token"));
-        }
-        // The refresh failed transiently and the old token has run out: the session stays, the call waits.
-        let token = session.live_access_token(self.service.clock.now()).cloned().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "provider_unavailable",
-                "the access token could not be refreshed; try again shortly",
-            )
-        })?;
+        let admitted = self.authenticated(req).await?;
+        let token = match self.service.access_token(&admitted).await?.map_err(ApiError::refusal)? {
+            Access::Token(token) => token,
+            Access::NoTokens => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "no_access_token",
+                    "this session has no access token",
+                ));
+            }
+            Access::Unavailable => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    "the access token could not be refreshed; try again shortly",
+                ));
+            }
+        };
         let target = crate::proxy::target(upstream, &req.path, &req.query)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e))?;
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e.to_string()))?;
         crate::proxy::forward(&self.http, req, target, &token).await.map(no_store).map_err(|e| {
             warn!(error = %e, "upstream call failed");
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the API upstream could not be reached")
         })
     }
-}
-
-fn random_state() -> String {
-    use base64::Engine as _;
-    let mut bytes = [0u8; 16];
-    let _ = getrandom::fill(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

@@ -2,17 +2,19 @@
 //! `bff-session-core`.
 //!
 //! The server is a shell: `http` parses requests, `service` runs core's transitions on records from
-//! `store` and carries out their effects, `oidc` talks to the provider. See ARCHITECTURE.md.
+//! `store` and carries out their effects, `oidc` talks to the provider. The `demo` feature (on by default)
+//! adds the embedded dev provider, the demo page and the echo upstream. See ARCHITECTURE.md.
 
 pub mod audit;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
-pub mod login;
 pub mod metrics;
 pub mod oidc;
 pub mod proxy;
+pub mod request;
 pub mod seal;
 pub mod service;
 pub mod store;
@@ -22,10 +24,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bff_session_core::cookie::Cookies;
+#[cfg(feature = "demo")]
 use bff_session_dev_idp::DevIdp;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+#[cfg(feature = "demo")]
 use warp::Filter;
 
 use crate::config::{Provider, Settings, Upstream};
@@ -33,13 +37,43 @@ use crate::http::App;
 use crate::oidc::{Oidc, RpConfig};
 use crate::service::Service;
 
-/// Why the server could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
+/// Why the server could not start. Causes that are not comparable values (I/O errors) are kept as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartError {
+    DataFolder {
+        path: std::path::PathBuf,
+        error: String,
+    },
+    TokenKey(String),
+    Store(store::StoreError),
+    Listen {
+        addr: SocketAddr,
+        error: String,
+    },
+    Random(getrandom::Error),
+    /// The embedded dev provider would not start.
+    DevProvider(String),
+    Provider(oidc::OidcError),
+    AuditLog {
+        path: std::path::PathBuf,
+        error: String,
+    },
+    HttpClient(String),
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Self::DataFolder { path, error } => write!(f, "cannot create data folder {}: {error}", path.display()),
+            Self::TokenKey(e) => write!(f, "token key: {e}"),
+            Self::Store(e) => write!(f, "cannot open the session store: {e}"),
+            Self::Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::Random(e) => write!(f, "OS random source failed: {e}"),
+            Self::DevProvider(e) => write!(f, "dev provider: {e}"),
+            Self::Provider(e) => write!(f, "OpenID provider: {e}"),
+            Self::AuditLog { path, error } => write!(f, "audit log {}: {error}", path.display()),
+            Self::HttpClient(e) => write!(f, "HTTP client: {e}"),
+        }
     }
 }
 
@@ -52,6 +86,7 @@ pub struct Running {
     pub public_url: String,
     pub app: Arc<App>,
     /// The embedded dev provider, when there is one.
+    #[cfg(feature = "demo")]
     pub idp: Option<DevIdp>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -96,41 +131,28 @@ pub async fn start_with_shutdown(
     settings: Settings,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, StartError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
     std::fs::create_dir_all(&settings.data_dir)
-        .map_err(|e| fail(&format!("cannot create data folder {}", settings.data_dir.display()), &e))?;
+        .map_err(|e| StartError::DataFolder { path: settings.data_dir.clone(), error: e.to_string() })?;
     let key_file = settings.key_file.clone().unwrap_or_else(|| settings.data_dir.join("token.key"));
-    let sealer =
-        seal::TokenSealer::from_file(&key_file, settings.key_file.is_none()).map_err(|e| fail("token key", &e))?;
+    let sealer = seal::TokenSealer::from_file(&key_file, settings.key_file.is_none())
+        .map_err(|e| StartError::TokenKey(e.to_string()))?;
     let location =
         settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
-    let store = store::Store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)
+    let store = store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)
         .await
-        .map_err(|e| fail("cannot open the session store", &e))?;
+        .map_err(StartError::Store)?;
 
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|e| fail(&format!("cannot listen on {}", settings.listen), &e))?;
-    let addr = listener.local_addr().map_err(|e| fail("listener", &e))?;
+    let listen = settings.listen;
+    let listener =
+        TcpListener::bind(listen).await.map_err(|e| StartError::Listen { addr: listen, error: e.to_string() })?;
+    let addr = listener.local_addr().map_err(|e| StartError::Listen { addr: listen, error: e.to_string() })?;
     let public_url = settings.public_url.clone().unwrap_or_else(|| {
         if settings.demo { format!("http://localhost:{}", addr.port()) } else { format!("http://{addr}") }
     });
 
+    #[cfg(feature = "demo")]
     let idp = match &settings.provider {
-        Provider::Embedded { access_token_ttl } => {
-            let mut secret = [0u8; 24];
-            getrandom::fill(&mut secret).map_err(|e| fail("random", &e))?;
-            let config = bff_session_dev_idp::Config {
-                issuer: format!("{public_url}/idp"),
-                client_id: "bff-session-demo".into(),
-                client_secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
-                redirect_uris: vec![format!("{public_url}/auth/callback")],
-                post_logout_redirect_uris: vec![format!("{public_url}/")],
-                backchannel_logout_uri: Some(format!("http://{addr}/auth/backchannel-logout")),
-                access_token_ttl: *access_token_ttl,
-            };
-            Some(DevIdp::new(config).map_err(|e| fail("dev provider", &e))?)
-        }
+        Provider::Embedded { access_token_ttl } => Some(demo::provider(&public_url, addr, *access_token_ttl)?),
         Provider::External { .. } => None,
     };
 
@@ -138,7 +160,8 @@ pub async fn start_with_shutdown(
     // serving first and answer 503 until the app is ready.
     let cell: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
     let bff = http::routes(cell.clone());
-    let routes = match &idp {
+    #[cfg(feature = "demo")]
+    let bff = match &idp {
         Some(idp) => warp::path("idp").and(idp.routes()).or(bff).unify().boxed(),
         None => bff,
     };
@@ -149,17 +172,17 @@ pub async fn start_with_shutdown(
             () = signal => {}
         }
     };
-    let task = tokio::spawn(warp::serve(routes).incoming(listener).graceful(stop).run());
+    let task = tokio::spawn(warp::serve(bff).incoming(listener).graceful(stop).run());
 
-    let (issuer, client_id, client_secret) = match (&settings.provider, &idp) {
-        (Provider::External { issuer, client_id, client_secret }, _) => {
+    let (issuer, client_id, client_secret) = match &settings.provider {
+        Provider::External { issuer, client_id, client_secret } => {
             (issuer.clone(), client_id.clone(), client_secret.clone())
         }
-        (Provider::Embedded { .. }, Some(idp)) => {
-            let c = idp.config();
+        #[cfg(feature = "demo")]
+        Provider::Embedded { .. } => {
+            let c = idp.as_ref().map(DevIdp::config).ok_or_else(|| StartError::DevProvider("not started".into()))?;
             (c.issuer.clone(), c.client_id.clone(), c.client_secret.clone())
         }
-        (Provider::Embedded { .. }, None) => return Err(StartError("embedded provider missing".into())),
     };
     let rp = RpConfig {
         issuer,
@@ -171,20 +194,20 @@ pub async fn start_with_shutdown(
         timeout: settings.refresh_timeout,
     };
     let oidc = match Oidc::discover(&rp).await {
-        Ok(o) => o,
+        Ok(o) => Arc::new(o),
         Err(e) => {
             task.abort();
-            return Err(fail("OpenID provider", &e));
+            return Err(StartError::Provider(e));
         }
     };
     let clock = clock::Clock::new(settings.test_clock);
-    let mut service = Service::new(settings.policy.clone(), clock, store, oidc, settings.refresh_timeout);
+    let mut service = Service::new(settings.policy.clone(), clock, store, oidc.clone(), settings.refresh_timeout);
     if let Some(path) = &settings.audit_log {
         match audit::AuditLog::open(path, &settings.policy) {
             Ok(log) => service.audit = Some(log),
             Err(e) => {
                 task.abort();
-                return Err(fail("audit log", &e));
+                return Err(StartError::AuditLog { path: path.clone(), error: e.to_string() });
             }
         }
     }
@@ -192,15 +215,17 @@ pub async fn start_with_shutdown(
     let upstream = match &settings.upstream {
         Upstream::None => None,
         Upstream::Url(u) => Some(u.clone()),
+        #[cfg(feature = "demo")]
         Upstream::Echo => url::Url::parse(&format!("http://{addr}/__echo")).ok(),
     };
     let http_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| fail("HTTP client", &e))?;
+        .map_err(|e| StartError::HttpClient(e.to_string()))?;
     let app = Arc::new(App {
         service: service.clone(),
+        oidc,
         cookies: Cookies::new(secure_origin(&public_url)),
         public_url: public_url.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
@@ -211,5 +236,14 @@ pub async fn start_with_shutdown(
     let _ = cell.set(app.clone());
     let background = service.spawn_background();
     tracing::info!(%addr, %public_url, "bff-session listening");
-    Ok(Running { addr, public_url, app, idp, shutdown: Some(tx), task, background })
+    Ok(Running {
+        addr,
+        public_url,
+        app,
+        #[cfg(feature = "demo")]
+        idp,
+        shutdown: Some(tx),
+        task,
+        background,
+    })
 }

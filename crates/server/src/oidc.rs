@@ -10,9 +10,10 @@ use std::fmt;
 use std::sync::RwLock;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bff_session_core::{OidcIdentity, Secret, TokenGrant};
+use bff_session_core::{LoginSecrets, OidcIdentity, RefreshError, Secret, TokenGrant};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreProviderMetadata};
@@ -22,6 +23,7 @@ use openidconnect::{
     Scope, TokenResponse,
 };
 use serde::Deserialize;
+use tracing::warn;
 
 type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
@@ -51,11 +53,15 @@ impl fmt::Display for OidcError {
 
 impl std::error::Error for OidcError {}
 
-/// How a refresh ended, in core's terms.
-#[derive(Debug)]
-pub enum RefreshError {
-    InvalidGrant,
-    Transient(String),
+/// The provider calls a session makes after login: refreshing its tokens and revoking them. The service
+/// holds one of these rather than an [`Oidc`], so the store conformance suite can drive it with no provider.
+#[async_trait]
+pub trait TokenEndpoint: Send + Sync + fmt::Debug {
+    /// One call to the token endpoint with a refresh token, its answer in core's terms.
+    async fn refresh(&self, refresh_token: &Secret) -> Result<TokenGrant, RefreshError>;
+
+    /// RFC 7009 revocation of a refresh token.
+    async fn revoke(&self, token: &Secret) -> Result<(), OidcError>;
 }
 
 /// Why a logout token was refused.
@@ -99,9 +105,7 @@ pub struct LoginResult {
 #[derive(Debug)]
 pub struct AuthorizationStart {
     pub url: String,
-    pub state: String,
-    pub nonce: String,
-    pub verifier: String,
+    pub secrets: LoginSecrets,
 }
 
 #[derive(Deserialize)]
@@ -204,14 +208,17 @@ impl Oidc {
         let (url, state, nonce) = request.url();
         AuthorizationStart {
             url: url.to_string(),
-            state: state.secret().clone(),
-            nonce: nonce.secret().clone(),
-            verifier: verifier.secret().clone(),
+            secrets: LoginSecrets {
+                state: Secret::new(state.secret().clone()),
+                nonce: Secret::new(nonce.secret().clone()),
+                verifier: Secret::new(verifier.secret().clone()),
+            },
         }
     }
 
     /// Exchanges a code and validates the ID token (signature, iss, aud, exp, nonce).
-    pub async fn exchange(&self, code: &str, verifier: &str, nonce: &str) -> Result<LoginResult, OidcError> {
+    pub async fn exchange(&self, code: &str, secrets: &LoginSecrets) -> Result<LoginResult, OidcError> {
+        let (verifier, nonce) = (secrets.verifier.expose(), secrets.nonce.expose());
         let request = self
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -252,43 +259,6 @@ impl Oidc {
             id_token: Some(Secret::new(id_token.to_string())),
         };
         Ok(LoginResult { identity, grant, name, email })
-    }
-
-    /// One call to the token endpoint with a refresh token.
-    pub async fn refresh(&self, refresh_token: &Secret) -> Result<TokenGrant, RefreshError> {
-        let token = RefreshToken::new(refresh_token.expose().to_owned());
-        let request = self.client.exchange_refresh_token(&token).map_err(|e| RefreshError::Transient(e.to_string()))?;
-        match request.request_async(&self.http).await {
-            Ok(r) => Ok(TokenGrant {
-                access_token: Secret::new(r.access_token().secret().clone()),
-                expires_in: r.expires_in(),
-                refresh_token: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
-                refresh_expires_in: None,
-                id_token: r.id_token().map(|t| Secret::new(t.to_string())),
-            }),
-            Err(RequestTokenError::ServerResponse(r)) if *r.error() == CoreErrorResponseType::InvalidGrant => {
-                Err(RefreshError::InvalidGrant)
-            }
-            Err(e) => Err(RefreshError::Transient(e.to_string())),
-        }
-    }
-
-    /// RFC 7009 revocation of a refresh token. Failures are reported, never retried forever.
-    pub async fn revoke(&self, token: &Secret) -> Result<(), OidcError> {
-        let Some(url) = &self.revocation else { return Ok(()) };
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&self.client_id, Some(&self.client_secret))
-            .form(&[("token", token.expose()), ("token_type_hint", "refresh_token")])
-            .send()
-            .await
-            .map_err(|e| OidcError::Unavailable(e.without_url().to_string()))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(OidcError::Unavailable(format!("revocation answered {}", response.status())))
-        }
     }
 
     /// The provider's end-session URL for RP-initiated logout, if it has one.
@@ -397,4 +367,51 @@ fn openidconnect_now() -> chrono::DateTime<chrono::Utc> {
 
 fn chrono_like_skew(d: Duration) -> chrono::TimeDelta {
     chrono::TimeDelta::from_std(d).unwrap_or_default()
+}
+
+#[async_trait]
+impl TokenEndpoint for Oidc {
+    /// One call to the token endpoint with a refresh token.
+    async fn refresh(&self, refresh_token: &Secret) -> Result<TokenGrant, RefreshError> {
+        let token = RefreshToken::new(refresh_token.expose().to_owned());
+        let request = self.client.exchange_refresh_token(&token).map_err(|e| {
+            warn!(error = %e, "refresh request not built");
+            RefreshError::Transient
+        })?;
+        match request.request_async(&self.http).await {
+            Ok(r) => Ok(TokenGrant {
+                access_token: Secret::new(r.access_token().secret().clone()),
+                expires_in: r.expires_in(),
+                refresh_token: r.refresh_token().map(|t| Secret::new(t.secret().clone())),
+                refresh_expires_in: None,
+                id_token: r.id_token().map(|t| Secret::new(t.to_string())),
+            }),
+            Err(RequestTokenError::ServerResponse(r)) if *r.error() == CoreErrorResponseType::InvalidGrant => {
+                Err(RefreshError::InvalidGrant)
+            }
+            Err(e) => {
+                // The detail goes to the log only: core's answer is the same for every passing fault.
+                warn!(error = %e, "refresh failed transiently");
+                Err(RefreshError::Transient)
+            }
+        }
+    }
+
+    /// RFC 7009 revocation of a refresh token. Failures are reported, never retried forever.
+    async fn revoke(&self, token: &Secret) -> Result<(), OidcError> {
+        let Some(url) = &self.revocation else { return Ok(()) };
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .form(&[("token", token.expose()), ("token_type_hint", "refresh_token")])
+            .send()
+            .await
+            .map_err(|e| OidcError::Unavailable(e.without_url().to_string()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(OidcError::Unavailable(format!("revocation answered {}", response.status())))
+        }
+    }
 }

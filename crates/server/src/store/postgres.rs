@@ -11,12 +11,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bff_session_core::record;
-use bff_session_core::{Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
-use super::{Decoded, StoreError};
+use super::{Decoded, Store, StoreError};
 use crate::seal::TokenSealer;
 
 /// The schema, in order. Each runs once, inside the transaction that records it; never edit one that has
@@ -57,14 +58,6 @@ const MIGRATION_LOCK: i64 = 0x6266_6673_6573_7331;
 
 /// How long a replica keeps due records it claimed before another may take them.
 const CLAIM: Duration = Duration::from_secs(60);
-
-/// A lookup in one of the active-session indexes.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Index<'a> {
-    User(&'a str),
-    Sid { iss: &'a str, sid: &'a str },
-    Sub { iss: &'a str, sub: &'a str },
-}
 
 pub struct PgStore {
     pool: Pool,
@@ -152,8 +145,11 @@ impl PgStore {
         let rows = client.query("SELECT version FROM bff_schema_migrations ORDER BY version", &[]).await.map_err(io)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
 
-    pub async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt("SELECT version, record FROM bff_sessions WHERE key = $1", &[&key.as_bytes().as_slice()])
@@ -171,7 +167,7 @@ impl PgStore {
         Ok(Some(session))
     }
 
-    pub async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
+    async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
         let client = self.client().await?;
         let key = new.key();
         let record = record::encode(new, &self.sealer);
@@ -217,7 +213,7 @@ impl PgStore {
         if written == 1 { Ok(()) } else { Err(StoreError::Conflict) }
     }
 
-    pub async fn delete(&self, previous: &Session) -> Result<(), StoreError> {
+    async fn delete(&self, previous: &Session) -> Result<(), StoreError> {
         let client = self.client().await?;
         let deleted = client
             .execute(
@@ -229,30 +225,31 @@ impl PgStore {
         if deleted == 1 { Ok(()) } else { Err(StoreError::Conflict) }
     }
 
-    pub async fn purge_corrupt(&self, key: &SessionKey) -> Result<(), StoreError> {
+    async fn purge(&self, key: &SessionKey, _now: Timestamp) -> Result<(), StoreError> {
+        // The schedule is a column of the row: deleting the row unschedules it.
         let client = self.client().await?;
         client.execute("DELETE FROM bff_sessions WHERE key = $1", &[&key.as_bytes().as_slice()]).await.map_err(io)?;
         Ok(())
     }
 
-    pub(crate) async fn keys_of(&self, index: Index<'_>) -> Result<Vec<SessionKey>, StoreError> {
+    async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
         let client = self.client().await?;
-        let rows = match index {
-            Index::User(user) => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND user_id = $1", &[&user]).await
+        let rows = match lookup {
+            Lookup::User(user) => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND user_id = $1", &[&user.as_str()]).await
             }
-            Index::Sid { iss, sid } => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sid = $2", &[&iss, &sid]).await
+            Lookup::Sid { iss, sid } => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sid = $2", &[iss, sid]).await
             }
-            Index::Sub { iss, sub } => {
-                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sub = $2", &[&iss, &sub]).await
+            Lookup::Sub { iss, sub } => {
+                client.query("SELECT key FROM bff_sessions WHERE active AND iss = $1 AND sub = $2", &[iss, sub]).await
             }
         }
         .map_err(io)?;
         Ok(rows.iter().filter_map(|r| key_of(r.get::<_, &[u8]>(0))).collect())
     }
 
-    pub async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
         let client = self.client().await?;
         let until = ms(now.saturating_add(CLAIM));
         let rows = client
@@ -272,7 +269,7 @@ impl PgStore {
         Ok(due.into_iter().map(|(_, k)| k).collect())
     }
 
-    pub async fn release(&self, keys: &[SessionKey]) -> Result<(), StoreError> {
+    async fn release(&self, keys: &[SessionKey]) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -285,35 +282,42 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn put_login(&self, key: &[u8; 32], value: &[u8], expires_ms: u64) -> Result<(), StoreError> {
+    async fn flush(&self) -> Result<(), StoreError> {
+        // A committed statement is durable: there is nothing left to wait for.
+        Ok(())
+    }
+
+    async fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO bff_logins (key, value, expires_ms) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms",
-                &[&key.as_slice(), &value, &signed(expires_ms)],
+                &[&key.as_bytes().as_slice(), &login.encode(), &ms(login.expires_at)],
             )
             .await
             .map_err(io)?;
         Ok(())
     }
 
-    pub async fn take_login(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("DELETE FROM bff_logins WHERE key = $1 RETURNING value", &[&key.as_slice()])
+            .query_opt("DELETE FROM bff_logins WHERE key = $1 RETURNING value", &[&key.as_bytes().as_slice()])
             .await
             .map_err(io)?;
-        Ok(row.map(|r| r.get(0)))
+        let Some(row) = row else { return Ok(None) };
+        PendingLogin::decode(row.get::<_, &[u8]>(0)).map(Some).map_err(StoreError::CorruptLogin)
     }
 
-    pub async fn sweep_logins(&self, now_ms: u64) -> Result<(), StoreError> {
+    async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+        // `expires_ms` is core's `expires_at`, so this is `PendingLogin::is_over` evaluated by the index.
         let client = self.client().await?;
-        client.execute("DELETE FROM bff_logins WHERE expires_ms <= $1", &[&signed(now_ms)]).await.map_err(io)?;
+        client.execute("DELETE FROM bff_logins WHERE expires_ms <= $1", &[&ms(now)]).await.map_err(io)?;
         Ok(())
     }
 
-    pub async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
+    async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let inserted = client
             .execute(

@@ -6,16 +6,18 @@
 //! index changes, so a stale write can never overwrite a newer one or bring back a revoked session. It never
 //! decides anything about a session: the transitions come from core.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use async_trait::async_trait;
 use bff_session_core::record;
-use bff_session_core::{Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
-use super::{Decoded, StoreError};
+use super::{Decoded, Store, StoreError};
 use crate::seal::TokenSealer;
 
 const SEP: u8 = 0xff;
@@ -39,6 +41,8 @@ pub struct SledStore {
     sealer: TokenSealer,
     policy: Policy,
     decoded: Decoded,
+    /// Due keys a pass holds (see [`Store::due`]); in memory, as only this process opens the database.
+    claimed: Mutex<HashSet<SessionKey>>,
 }
 
 impl fmt::Debug for SledStore {
@@ -115,6 +119,7 @@ impl SledStore {
             sealer,
             policy,
             decoded: Decoded::default(),
+            claimed: Mutex::default(),
         })
     }
 
@@ -128,7 +133,7 @@ impl SledStore {
     }
 
     /// Every record's key, tombstones included (for offline checks; the server never scans).
-    pub fn keys(&self) -> Result<Vec<SessionKey>, StoreError> {
+    pub fn all_keys(&self) -> Result<Vec<SessionKey>, StoreError> {
         let mut keys = Vec::new();
         for item in self.sessions.iter() {
             let (k, _) = item?;
@@ -188,7 +193,9 @@ impl SledStore {
             }
             Ok(())
         });
-        map_tx(result)
+        map_tx(result)?;
+        self.unclaim(&[key]);
+        Ok(())
     }
 
     /// Removes a tombstone if it is still `previous`.
@@ -212,66 +219,76 @@ impl SledStore {
             }
             Ok(())
         });
-        map_tx(result)
-    }
-
-    /// Removes a record that cannot be decoded, with whatever schedule entries point at it.
-    pub fn purge_corrupt(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.sessions.remove(key.as_bytes())?;
+        map_tx(result)?;
+        self.unclaim(&[key]);
         Ok(())
     }
 
-    pub fn keys_of_user(&self, user: &str) -> Result<Vec<SessionKey>, StoreError> {
-        keys_from(&self.by_user, &index_prefix(&[user]))
-    }
-
-    pub fn keys_of_sid(&self, iss: &str, sid: &str) -> Result<Vec<SessionKey>, StoreError> {
-        keys_from(&self.by_sid, &index_prefix(&[iss, sid]))
-    }
-
-    pub fn keys_of_sub(&self, iss: &str, sub: &str) -> Result<Vec<SessionKey>, StoreError> {
-        keys_from(&self.by_sub, &index_prefix(&[iss, sub]))
-    }
-
-    /// Keys whose scheduled event is at or before `now`, at most `limit`, earliest first.
-    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
-        let end = schedule_key(now, &SessionKey::from_bytes([0xff; 32]));
-        let mut keys = Vec::new();
-        for item in self.schedule.range(..=end).take(limit) {
-            let (k, _) = item?;
-            if let Ok(bytes) = <[u8; 32]>::try_from(&k[8..]) {
-                keys.push(SessionKey::from_bytes(bytes));
-            }
-        }
-        Ok(keys)
-    }
-
-    /// Drops schedule entries whose record is gone or no longer scheduled there (after a purge).
-    pub fn unschedule(&self, at_or_before: Timestamp, key: &SessionKey) -> Result<(), StoreError> {
-        let end = schedule_key(at_or_before, key);
+    /// Removes whatever is under `key` and its schedule entries due by `now`.
+    pub fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
+        self.sessions.remove(key.as_bytes())?;
+        let end = schedule_key(now, key);
         for item in self.schedule.range(..=end) {
             let (k, _) = item?;
             if k.ends_with(key.as_bytes()) {
                 self.schedule.remove(k)?;
             }
         }
+        self.unclaim(&[*key]);
         Ok(())
     }
 
-    pub fn put_login(&self, key: &[u8; 32], value: &[u8], _expires_ms: u64) -> Result<(), StoreError> {
-        self.logins.insert(key, value)?;
+    pub fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
+        match lookup {
+            Lookup::User(user) => keys_from(&self.by_user, &index_prefix(&[user.as_str()])),
+            Lookup::Sid { iss, sid } => keys_from(&self.by_sid, &index_prefix(&[iss, sid])),
+            Lookup::Sub { iss, sub } => keys_from(&self.by_sub, &index_prefix(&[iss, sub])),
+        }
+    }
+
+    /// Keys whose scheduled event is at or before `now` and that no pass holds, at most `limit`, earliest
+    /// first; they are held until written or released.
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
+        let end = schedule_key(now, &SessionKey::from_bytes([0xff; 32]));
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut keys = Vec::new();
+        for item in self.schedule.range(..=end) {
+            if keys.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(&k[8..]) {
+                let key = SessionKey::from_bytes(bytes);
+                if claimed.insert(key) {
+                    keys.push(key);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    fn unclaim(&self, keys: &[SessionKey]) {
+        let mut claimed = self.claimed.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in keys {
+            claimed.remove(key);
+        }
+    }
+
+    pub fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
+        self.logins.insert(key.as_bytes(), login.encode())?;
         Ok(())
     }
 
     /// Removes and returns the pending login under `key`: a second take finds nothing.
-    pub fn take_login(&self, key: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.logins.remove(key)?.map(|v| v.to_vec()))
+    pub fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
+        let Some(bytes) = self.logins.remove(key.as_bytes())? else { return Ok(None) };
+        PendingLogin::decode(&bytes).map(Some).map_err(StoreError::CorruptLogin)
     }
 
-    /// Drops pending logins that `expired` says are over.
-    pub fn sweep_logins(&self, expired: impl Fn(&[u8]) -> bool) -> Result<(), StoreError> {
-        let keys: Vec<_> =
-            self.logins.iter().filter_map(Result::ok).filter(|(_, v)| expired(v)).map(|(k, _)| k).collect();
+    /// Drops the pending logins that are over, and any that do not decode (nothing can redeem them).
+    pub fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+        let over = |v: &[u8]| PendingLogin::decode(v).map_or(true, |p| p.is_over(now));
+        let keys: Vec<_> = self.logins.iter().filter_map(Result::ok).filter(|(_, v)| over(v)).map(|(k, _)| k).collect();
         for k in keys {
             self.logins.remove(k)?;
         }
@@ -288,6 +305,59 @@ impl SledStore {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// sled is synchronous and fast enough to call from a task: each method runs the inherent one.
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        SledStore::get(self, key)
+    }
+
+    async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
+        SledStore::put(self, previous, new)
+    }
+
+    async fn delete(&self, previous: &Session) -> Result<(), StoreError> {
+        SledStore::delete(self, previous)
+    }
+
+    async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
+        SledStore::purge(self, key, now)
+    }
+
+    async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
+        SledStore::keys(self, lookup)
+    }
+
+    async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
+        SledStore::due(self, now, limit)
+    }
+
+    async fn release(&self, keys: &[SessionKey]) -> Result<(), StoreError> {
+        self.unclaim(keys);
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        SledStore::flush(self).await
+    }
+
+    async fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
+        SledStore::put_login(self, key, login)
+    }
+
+    async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
+        SledStore::take_login(self, key)
+    }
+
+    async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+        SledStore::sweep_logins(self, now)
+    }
+
+    async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
+        SledStore::remember_jti(self, jti, exp)
     }
 }
 

@@ -1,0 +1,187 @@
+//! The background: the pass over due records, the refreshes it starts, and the revocation worker.
+//!
+//! Owns the timing (a jittered interval, a test clock that hands the pass to a harness), claiming and
+//! releasing due keys, bounded concurrency for refreshes and for provider revocations. What to do with each
+//! due record is core's `background::visit`; this module never looks at a deadline.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bff_session_core::{Secret, TickReport, Trigger, Visit, background};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::warn;
+
+use super::{Applied, Service, ServiceError};
+use crate::metrics::Metrics;
+
+/// Due records one pass visits, at most; the rest wait for the next pass.
+const PASS_LIMIT: usize = 10_000;
+/// Revocations waiting for the provider, at most; beyond that they are dropped and counted.
+const REVOCATION_QUEUE: usize = 10_000;
+/// Revocation calls in flight at once.
+const REVOCATION_CONCURRENCY: usize = 4;
+
+/// Refresh tokens to revoke at the provider, drained by one worker with bounded concurrency, so a mass
+/// expiry never turns into a burst of provider calls.
+pub(super) struct RevocationQueue {
+    tx: mpsc::Sender<Secret>,
+    rx: Mutex<Option<mpsc::Receiver<Secret>>>,
+}
+
+impl RevocationQueue {
+    pub(super) fn new() -> Self {
+        let (tx, rx) = mpsc::channel(REVOCATION_QUEUE);
+        Self { tx, rx: Mutex::new(Some(rx)) }
+    }
+
+    pub(super) fn push(&self, token: Secret, metrics: &Metrics) {
+        if self.tx.try_send(token).is_err() {
+            metrics.inc("bff_provider_revocations_total", "outcome", "dropped");
+            warn!("revocation queue full; a refresh token is left to expire at the provider");
+        }
+    }
+}
+
+impl Service {
+    /// One sweep over the records whose scheduled event has come, each read once and judged by core
+    /// (`background::visit`): tombstones past retention and unreadable records are deleted, sessions past a
+    /// deadline expire, and those due for a background refresh are listed. Visits at most 10,000 records.
+    pub async fn sweep(self: &Arc<Self>) -> Result<Applied<TickReport>, ServiceError> {
+        let now = self.clock.now();
+        let due = self.store.due(now, PASS_LIMIT).await?;
+        let mut report = TickReport::default();
+        let mut effects = Vec::new();
+        let mut failed = None;
+        for &key in &due {
+            // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline.
+            match self.apply_with(key, |s, now, p| background::visit(key, s, now, p), false).await {
+                Ok(visited) => {
+                    match visited.outcome {
+                        Visit::Deleted => report.deleted.push(key),
+                        Visit::Expired(reason) => report.expired.push((key, reason)),
+                        Visit::RefreshDue => report.refresh_due.push(key),
+                        Visit::Gone | Visit::Nothing => {}
+                    }
+                    effects.extend(visited.effects);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // Whatever this pass did not write goes back to the pool for the next pass of any replica.
+        self.store.release(&due).await?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(Applied { outcome: report, effects, session: None, now }),
+        }
+    }
+
+    /// One background pass: [`Service::sweep`], then the refreshes it found due (at most `concurrency` at a
+    /// time) and the expired pending logins. Returns how many records it acted on.
+    pub async fn tick(self: &Arc<Self>, concurrency: usize) -> Result<usize, ServiceError> {
+        let report = self.sweep().await?.outcome;
+        let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut refreshes = Vec::new();
+        for &key in &report.refresh_due {
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let service = self.clone();
+            refreshes.push(tokio::spawn(async move {
+                let _permit = permit;
+                service.ensure_fresh(key, Trigger::Background).await
+            }));
+        }
+        if let Err(e) = self.store.sweep_logins(self.clock.now()).await {
+            warn!(error = %e, "expired pending logins not swept");
+        }
+        for r in refreshes {
+            let _ = r.await;
+        }
+        Ok(report.expired.len() + report.deleted.len() + report.refresh_due.len())
+    }
+
+    /// Runs the background pass (refresher and sweeper) and the revocation worker until
+    /// [`Service::stop_background`].
+    pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![self.every("background", |s| async move { s.tick(8).await })];
+        let queue = self.revocations.rx.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(queue) = queue {
+            tasks.push(self.revoke_worker(queue));
+        }
+        tasks
+    }
+
+    /// Revokes queued refresh tokens at the provider, a few at a time, until the service stops (then drains).
+    fn revoke_worker(self: &Arc<Self>, mut queue: mpsc::Receiver<Secret>) -> tokio::task::JoinHandle<()> {
+        let service = self.clone();
+        let mut stop = self.stopping.subscribe();
+        tokio::spawn(async move {
+            let limit = Arc::new(Semaphore::new(REVOCATION_CONCURRENCY));
+            loop {
+                let next = tokio::select! {
+                    t = queue.recv() => Some(t),
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let token = match next {
+                    Some(t) => t,
+                    // Stopping: take no more, but finish what was queued.
+                    None => {
+                        queue.close();
+                        queue.recv().await
+                    }
+                };
+                let Some(token) = token else { return };
+                let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                let s = service.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match s.provider.revoke(&token).await {
+                        Ok(()) => s.metrics.inc("bff_provider_revocations_total", "outcome", "ok"),
+                        Err(e) => {
+                            s.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
+                            warn!(error = %e, "refresh token revocation at the provider failed");
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    fn every<F, Fut>(self: &Arc<Self>, what: &'static str, pass: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<usize, ServiceError>> + Send,
+    {
+        let service = self.clone();
+        let mut stop = self.stopping.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(service.policy.background_interval)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                // A frozen test clock means a harness decides when passes run (POST /__test/tick).
+                if service.clock.is_frozen() {
+                    continue;
+                }
+                if let Err(e) = pass(service.clone()).await {
+                    warn!(error = %e, "{what} pass failed");
+                }
+            }
+        })
+    }
+
+    /// Ends the background tasks after their current pass.
+    pub fn stop_background(&self) {
+        let _ = self.stopping.send(true);
+    }
+}
+
+/// `d` give or take 10%, so replicas and restarts do not beat in step.
+fn jittered(d: Duration) -> Duration {
+    use rand::RngExt as _;
+    let tenth = (d.as_millis() / 10) as u64;
+    let jitter = if tenth == 0 { 0 } else { rand::rng().random_range(0..=2 * tenth) };
+    (d + Duration::from_millis(jitter)).saturating_sub(Duration::from_millis(tenth))
+}
