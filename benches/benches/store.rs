@@ -46,7 +46,7 @@ fn storage(c: &mut Criterion) {
             let previous = s.get(&key).unwrap().unwrap();
             let mut next = (*previous).clone();
             now = now.saturating_add(policy.touch_interval);
-            let _ = lifecycle::touch(&mut next, now, &policy);
+            let _ = lifecycle::touch(Some(&mut next), now, &policy);
             s.put(Some(&previous), &next).unwrap();
         })
     });
@@ -59,7 +59,7 @@ fn storage(c: &mut Criterion) {
             let created = lifecycle::create(&new_session(n), T0, &policy).outcome;
             s.put(None, &created).unwrap();
             let mut revoked = created.clone();
-            let _ = lifecycle::revoke(&mut revoked, RevocationReason::Logout, T0, &policy);
+            let _ = lifecycle::revoke(Some(&mut revoked), RevocationReason::Logout, T0, &policy);
             s.put(Some(&created), &revoked).unwrap();
             rt.block_on(s.flush()).unwrap();
         })

@@ -175,20 +175,22 @@ async fn scale(n: u64) -> Value {
     // 100 sessions created 7 days minus 10 minutes ago are due (absolute deadline) 10 minutes from now.
     let early = now.saturating_sub(policy.absolute_lifetime - Duration::from_secs(600));
     let started = Instant::now();
-    // Loading is sled's synchronous API on two threads; the server under test uses the same store.
-    let bff_session_server::store::Store::Sled(store) = &service.store else { panic!("the load test uses sled") };
+    // Loading goes straight to the server's store on two threads (sled does the work synchronously).
+    let store = &service.store;
     let shared = &policy;
+    let rt = tokio::runtime::Handle::current();
     std::thread::scope(|scope| {
         for part in 0..2u64 {
+            let rt = rt.clone();
             scope.spawn(move || {
                 for i in (part..n).step_by(2) {
-                    store.put(None, &lifecycle::create(&new_session(i), now, shared).outcome).unwrap();
+                    rt.block_on(store.put(None, &lifecycle::create(&new_session(i), now, shared).outcome)).unwrap();
                 }
             });
         }
     });
     for i in n..n + 100 {
-        store.put(None, &lifecycle::create(&new_session(i), early, &policy).outcome).unwrap();
+        store.put(None, &lifecycle::create(&new_session(i), early, &policy).outcome).await.unwrap();
     }
     store.flush().await.unwrap();
     let load_s = started.elapsed().as_secs_f64();

@@ -272,14 +272,15 @@ impl Oracle {
                 Observation::Nothing
             }
             Step::Logout { device } => self.unsafe_request(device, |oracle, key| {
-                let _ = oracle.registry.revoke(key, RevocationReason::Logout, oracle.now);
-                (Status::Success, CookieChange::Cleared)
+                let t = oracle.registry.revoke(key, RevocationReason::Logout, oracle.now);
+                (Status::Success, cookies_after(&t.effects))
             }),
             Step::LogoutAll { device } => self.unsafe_request(device, |oracle, key| {
-                if let Some(user) = oracle.registry.get(&key).map(|s| s.user().clone()) {
-                    let _ = oracle.registry.revoke_user(&user, RevocationReason::LogoutEverywhere, oracle.now);
-                }
-                (Status::Success, CookieChange::Cleared)
+                let Some(user) = oracle.registry.get(&key).map(|s| s.user().clone()) else {
+                    return (Status::Unauthorized, CookieChange::Cleared);
+                };
+                let t = oracle.registry.revoke_user(&user, RevocationReason::LogoutEverywhere, oracle.now);
+                (Status::Success, cookies_after(&t.effects))
             }),
             Step::EndDevice { device, other } => {
                 let target = self.device(other).and_then(|d| d.latest.clone());
@@ -289,11 +290,9 @@ impl Oracle {
                     };
                     let handle = target.as_ref().map(SessionId::handle).or_else(|| Handle::parse(NO_HANDLE));
                     let Some(handle) = handle else { return (Status::NotFound, CookieChange::Kept) };
-                    match oracle.registry.revoke_handle(&user, handle, oracle.now).outcome {
-                        Ok(()) if target.as_ref().is_some_and(|t| t.key() == key) => {
-                            (Status::Success, CookieChange::Cleared)
-                        }
-                        Ok(()) => (Status::Success, CookieChange::Kept),
+                    let t = oracle.registry.revoke_handle(&user, handle, key, oracle.now);
+                    match t.outcome {
+                        Ok(()) => (Status::Success, cookies_after(&t.effects)),
                         Err(_) => (Status::NotFound, CookieChange::Kept),
                     }
                 })
@@ -417,7 +416,7 @@ impl Oracle {
         let proof = proof.filter(|p| !p.is_empty());
         let request = AuthRequest { cookie: cookie.as_deref(), method, csrf_proof: proof.as_deref() };
         let t = self.registry.authenticate(&request, self.now);
-        let cookie = if t.effects.contains(&Effect::ClearCookies) { CookieChange::Cleared } else { CookieChange::Kept };
+        let cookie = cookies_after(&t.effects);
         match t.outcome {
             Ok(auth) => {
                 if auth.touch_due {
@@ -498,3 +497,8 @@ impl Oracle {
 pub const CHOSEN_PROOF: &str = "conformance-chosen-proof";
 /// The proof sent as "another device's" when that device has no session.
 pub const FOREIGN_FALLBACK: &str = "conformance-no-such-proof";
+
+/// What a transition's effects do to the requesting browser's cookies.
+fn cookies_after(effects: &[Effect]) -> CookieChange {
+    if effects.contains(&Effect::ClearCookies) { CookieChange::Cleared } else { CookieChange::Kept }
+}

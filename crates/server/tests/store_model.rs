@@ -1,10 +1,11 @@
-//! The durable stores as the system under test of core's model-based property tests.
+//! The durable stores, through the server's `Service`, as the system under test of core's model-based
+//! property tests.
 //!
-//! Each generated command runs twice: on core's in-memory `Registry`, and on a registry whose records live
-//! in a store (sled, and PostgreSQL when `BFF_TEST_POSTGRES` names a database), loaded and written back
-//! with compare-and-swap exactly as the server does, its multi-record commands served by the store's
-//! indexes and schedule. Both must equal the reference model's expectation, and each other, outcome and
-//! effects alike.
+//! Each generated command runs twice: on core's in-memory `Registry`, and on the `Service` the server runs,
+//! over a store (sled, and PostgreSQL when `BFF_TEST_POSTGRES` names a database) with its clock frozen at
+//! the command's instant. Both must equal the reference model's expectation, and each other, outcome and
+//! effects alike: the service's loading, compare-and-swap, effect handling, indexes and schedule are what is
+//! under test, with no copy of the registry in between.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,201 +13,120 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use bff_session_core::lifecycle::{self, AuthRequest, Refusal, Transition};
+use async_trait::async_trait;
+use bff_session_core::lifecycle::{self, AuthRequest, Transition};
 use bff_session_core::{
-    Command, CreateError, Effect, Outcome, Policy, RefreshRefusal, Registry, RevocationReason, Session, SessionKey,
-    TickReport, Timestamp,
+    Command, Outcome, Policy, RefreshError, Registry, RevocationReason, RevokeAll, Secret, Timestamp, TokenGrant,
 };
+use bff_session_server::clock::Clock;
+use bff_session_server::oidc::{OidcError, TokenEndpoint};
 use bff_session_server::seal::TokenSealer;
-use bff_session_server::store::{Location, Store, StoreError};
+use bff_session_server::service::{Applied, Service};
+use bff_session_server::store::{self, Location, PgStore, Store, StoreError};
 use proptest::test_runner::Config;
 use proptest_state_machine::{StateMachineTest, prop_state_machine};
 use support::driver::observe;
 use support::model::Model;
 use support::strategies::{Hardened, Helix, PolicyChoice, Reference, Tiny};
 
-/// A registry whose records live in a store.
-struct Stored {
-    store: Store,
-    policy: Policy,
+/// The model drives refreshes itself (`BeginRefresh`, `CompleteRefresh`): the service never calls this.
+#[derive(Debug)]
+struct NoProvider;
+
+#[async_trait]
+impl TokenEndpoint for NoProvider {
+    async fn refresh(&self, _: &Secret) -> Result<TokenGrant, RefreshError> {
+        Err(RefreshError::Transient)
+    }
+
+    async fn revoke(&self, _: &Secret) -> Result<(), OidcError> {
+        Ok(())
+    }
+}
+
+/// The server's service over a store, on a runtime of its own.
+struct Served {
+    service: Arc<Service>,
     rt: Arc<tokio::runtime::Runtime>,
 }
 
-impl Stored {
-    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.rt.block_on(f)
+fn plain<T>(applied: Applied<T>) -> Transition<T> {
+    applied.into_transition()
+}
+
+impl Served {
+    fn new(store: Arc<dyn Store>, policy: &Policy, rt: Arc<tokio::runtime::Runtime>) -> Self {
+        let clock = Clock::new(true);
+        let provider = Arc::new(NoProvider);
+        let service = Arc::new(Service::new(policy.clone(), clock, store, provider, Duration::from_secs(5)));
+        Self { service, rt }
     }
 
-    /// Loads, transitions and writes back one record, as `Service::apply` does.
-    fn update<T>(
-        &self,
-        key: SessionKey,
-        f: impl FnOnce(Option<&mut Session>, &Policy) -> Transition<T>,
-    ) -> Transition<T> {
-        let previous = self.block(self.store.get(&key)).unwrap();
-        let mut current: Option<Session> = previous.as_deref().cloned();
-        let t = f(current.as_mut(), &self.policy);
-        if let Some(new) = &current
-            && previous.as_ref().map(|p| p.version()) != Some(new.version())
-        {
-            self.block(self.store.put(previous.as_deref(), new)).unwrap();
-        }
-        t
-    }
-
-    fn revoke_keys(
-        &self,
-        mut keys: Vec<SessionKey>,
-        reason: RevocationReason,
-        now: Timestamp,
-    ) -> Transition<Vec<SessionKey>> {
-        keys.sort();
-        let mut ended = Vec::new();
-        let mut effects = Vec::new();
-        for key in keys {
-            let t = self.update(key, |s, p| match s {
-                Some(s) => lifecycle::revoke(s, reason, now, p),
-                None => Transition { outcome: Err(Refusal::Unknown), effects: Vec::new() },
-            });
-            if t.outcome.is_ok() {
-                ended.push(key);
-            }
-            effects.extend(t.effects);
-        }
-        Transition { outcome: ended, effects }
-    }
-
+    /// Runs one command through the service's public operations, at `now`.
     fn apply(&self, command: &Command, now: Timestamp) -> Transition<Outcome> {
-        let revoke = |s: Option<&mut Session>, reason, p: &Policy| match s {
-            Some(s) => lifecycle::revoke(s, reason, now, p),
-            None => Transition { outcome: Err(Refusal::Unknown), effects: Vec::new() },
-        };
-        match command {
-            Command::Create { new, supersedes } => {
-                let key = new.id.key();
-                if self.block(self.store.get(&key)).unwrap().is_some() {
-                    return Transition { outcome: Outcome::Created(Err(CreateError::DuplicateId)), effects: vec![] };
+        self.service.clock.freeze(now);
+        let s = &self.service;
+        self.rt.block_on(async move {
+            match command {
+                Command::Create { new, supersedes } => {
+                    plain(s.create(new, *supersedes).await.unwrap()).map(Outcome::Created)
                 }
-                let mut effects = Vec::new();
-                if let Some(old) = supersedes {
-                    let t = self.update(*old, |s, p| match s {
-                        Some(s) => lifecycle::revoke(s, RevocationReason::Superseded, now, p),
-                        None => Transition { outcome: Ok(()), effects: Vec::new() },
-                    });
-                    effects.extend(t.effects);
+                Command::Authenticate { cookie, method, csrf_proof } => {
+                    let request =
+                        AuthRequest { cookie: cookie.as_deref(), method: *method, csrf_proof: csrf_proof.as_deref() };
+                    let applied = s.authenticate(&request).await.unwrap();
+                    plain(applied).map(|o| Outcome::Authenticated(o.map(|admitted| admitted.auth)))
                 }
-                let created = lifecycle::create(new, now, &self.policy);
-                self.block(self.store.put(None, &created.outcome)).unwrap();
-                effects.extend(created.effects);
-                Transition { outcome: Outcome::Created(Ok(key)), effects }
-            }
-            Command::Authenticate { cookie, method, csrf_proof } => {
-                let request =
-                    AuthRequest { cookie: cookie.as_deref(), method: *method, csrf_proof: csrf_proof.as_deref() };
-                let id = match lifecycle::admit(&request) {
-                    Ok(id) => id,
-                    Err(r @ (Refusal::NoCookie | Refusal::Csrf(_))) => {
-                        return Transition { outcome: Outcome::Authenticated(Err(r)), effects: vec![] };
-                    }
-                    Err(r) => {
-                        return Transition {
-                            outcome: Outcome::Authenticated(Err(r)),
-                            effects: vec![Effect::ClearCookies],
-                        };
-                    }
-                };
-                self.update(id.key(), |s, p| lifecycle::authenticate(s, now, p)).map(Outcome::Authenticated)
-            }
-            Command::Touch { key } => self
-                .update(*key, |s, p| match s {
-                    Some(s) => lifecycle::touch(s, now, p),
-                    None => Transition { outcome: Err(Refusal::Unknown), effects: vec![] },
-                })
-                .map(Outcome::Touched),
-            Command::BeginRefresh { key, trigger } => self
-                .update(*key, |s, p| match s {
-                    Some(s) => lifecycle::begin_refresh(s, *trigger, now, p),
-                    None => Transition { outcome: Err(RefreshRefusal::Ended(Refusal::Unknown)), effects: vec![] },
-                })
-                .map(Outcome::RefreshBegun),
-            Command::CompleteRefresh { ticket, result } => self
-                .update(ticket.key, |s, p| lifecycle::complete_refresh(s, ticket, result.clone(), now, p))
-                .map(Outcome::RefreshCompleted),
-            Command::Revoke { key, reason } => self.update(*key, |s, p| revoke(s, *reason, p)).map(Outcome::Revoked),
-            Command::RevokeUser { user, reason } => {
-                let keys = self.block(self.store.keys_of_user(user.as_str())).unwrap();
-                let mut t = self.revoke_keys(keys, *reason, now);
-                if reason.clears_cookies() && !t.effects.contains(&Effect::ClearCookies) {
-                    t.effects.push(Effect::ClearCookies);
+                Command::Touch { key } => plain(s.touch(*key).await.unwrap()).map(Outcome::Touched),
+                Command::BeginRefresh { key, trigger } => {
+                    plain(s.begin_refresh(*key, *trigger).await.unwrap()).map(Outcome::RefreshBegun)
                 }
-                t.map(Outcome::RevokedMany)
-            }
-            Command::RevokeHandle { user, handle } => {
-                let keys = self.block(self.store.keys_of_user(user.as_str())).unwrap();
-                let key = keys
-                    .into_iter()
-                    .find(|k| self.block(self.store.get(k)).unwrap().is_some_and(|s| s.handle() == *handle));
-                match key {
-                    Some(key) => {
-                        self.update(key, |s, p| revoke(s, RevocationReason::RevokedFromDevice, p)).map(Outcome::Revoked)
-                    }
-                    None => Transition { outcome: Outcome::Revoked(Err(Refusal::Unknown)), effects: vec![] },
+                Command::CompleteRefresh { ticket, result } => {
+                    plain(s.complete_refresh(ticket, result.clone()).await.unwrap()).map(Outcome::RefreshCompleted)
                 }
-            }
-            Command::RevokeBySid { iss, sid } => {
-                let keys = self.block(self.store.keys_of_sid(iss, sid)).unwrap();
-                self.revoke_keys(keys, RevocationReason::BackchannelLogout, now).map(Outcome::RevokedMany)
-            }
-            Command::RevokeBySub { iss, sub } => {
-                let keys = self.block(self.store.keys_of_sub(iss, sub)).unwrap();
-                self.revoke_keys(keys, RevocationReason::BackchannelLogout, now).map(Outcome::RevokedMany)
-            }
-            Command::Tick => {
-                let due = self.block(self.store.due(now, 100_000)).unwrap();
-                let mut report = TickReport::default();
-                let mut effects = Vec::new();
-                for &key in &due {
-                    let Some(session) = self.block(self.store.get(&key)).unwrap() else { continue };
-                    if session.delete_at(&self.policy).is_some_and(|at| now >= at) {
-                        self.block(self.store.delete(&session)).unwrap();
-                        report.deleted.push(key);
-                        effects.push(Effect::Delete { key });
-                        continue;
-                    }
-                    let t = self.update(key, |s, p| match s {
-                        Some(s) => lifecycle::expire_if_due(s, now, p),
-                        None => Transition { outcome: None, effects: vec![] },
-                    });
-                    effects.extend(t.effects);
-                    if let Some(reason) = t.outcome {
-                        report.expired.push((key, reason));
-                    }
-                    let current = self.block(self.store.get(&key)).unwrap();
-                    if current.is_some_and(|s| s.background_refresh_due(now, &self.policy)) {
-                        report.refresh_due.push(key);
-                    }
+                Command::Revoke { key, reason } => plain(s.revoke(*key, *reason).await.unwrap()).map(Outcome::Revoked),
+                Command::RevokeUser { user, reason } => {
+                    let plan = RevokeAll::user(user.clone(), *reason);
+                    plain(s.revoke_all(&plan).await.unwrap()).map(Outcome::RevokedMany)
                 }
-                self.block(self.store.release(&due)).unwrap();
-                Transition { outcome: Outcome::Ticked(report), effects }
+                Command::RevokeHandle { user, handle, requester } => {
+                    plain(s.end_device(user, *handle, *requester).await.unwrap()).map(Outcome::Revoked)
+                }
+                Command::RevokeBySid { iss, sid } => {
+                    plain(s.revoke_all(&RevokeAll::by_sid(iss, sid)).await.unwrap()).map(Outcome::RevokedMany)
+                }
+                Command::RevokeBySub { iss, sub } => {
+                    plain(s.revoke_all(&RevokeAll::by_sub(iss, sub)).await.unwrap()).map(Outcome::RevokedMany)
+                }
+                Command::Tick => plain(s.sweep().await.unwrap()).map(Outcome::Ticked),
             }
-        }
+        })
     }
 }
 
 /// Which store a test runs on.
 trait Backend: 'static {
-    fn open(test: &str, policy: &Policy, rt: &tokio::runtime::Runtime) -> Option<(Store, Option<tempfile::TempDir>)>;
+    fn open(
+        test: &str,
+        policy: &Policy,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<(Arc<dyn Store>, Option<tempfile::TempDir>)>;
 }
 
 struct Sled;
 struct Postgres;
 
 impl Backend for Sled {
-    fn open(_test: &str, policy: &Policy, rt: &tokio::runtime::Runtime) -> Option<(Store, Option<tempfile::TempDir>)> {
+    fn open(
+        _test: &str,
+        policy: &Policy,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         let location = Location::Sled(dir.path().join("s.sled"));
-        let store = rt.block_on(Store::open(&location, TokenSealer::from_key([3; 32]), policy.clone(), 8 << 20));
+        let store = rt.block_on(store::open(&location, TokenSealer::from_key([3; 32]), policy.clone(), 8 << 20));
         Some((store.unwrap(), Some(dir)))
     }
 }
@@ -243,10 +163,14 @@ fn postgres_url(name: &str) -> Option<String> {
 }
 
 impl Backend for Postgres {
-    fn open(test: &str, policy: &Policy, rt: &tokio::runtime::Runtime) -> Option<(Store, Option<tempfile::TempDir>)> {
+    fn open(
+        test: &str,
+        policy: &Policy,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
         let url = postgres_url(test)?;
         let store = rt
-            .block_on(Store::open(&Location::Postgres(url.clone()), TokenSealer::from_key([3; 32]), policy.clone(), 0))
+            .block_on(store::open(&Location::Postgres(url.clone()), TokenSealer::from_key([3; 32]), policy.clone(), 0))
             .unwrap();
         rt.block_on(async {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
@@ -260,7 +184,7 @@ impl Backend for Postgres {
 struct AgainstModel<P, B>(std::marker::PhantomData<(P, B)>);
 
 struct Sut {
-    stored: Option<Stored>,
+    served: Option<Served>,
     registry: Registry,
     _dir: Option<tempfile::TempDir>,
 }
@@ -273,20 +197,20 @@ impl<P: PolicyChoice, B: Backend> StateMachineTest for AgainstModel<P, B> {
         let rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
         let test = std::any::type_name::<P>().rsplit("::").next().unwrap_or("p");
         let opened = B::open(test, &model.policy, &rt);
-        let (stored, dir) = match opened {
-            Some((store, dir)) => (Some(Stored { store, policy: model.policy.clone(), rt }), dir),
+        let (served, dir) = match opened {
+            Some((store, dir)) => (Some(Served::new(store, &model.policy, rt)), dir),
             None => (None, None),
         };
-        Sut { stored, registry: Registry::new(model.policy.clone()).unwrap(), _dir: dir }
+        Sut { served, registry: Registry::new(model.policy.clone()).unwrap(), _dir: dir }
     }
 
     fn apply(sut: Sut, model: &Model, _op: support::model::Op) -> Sut {
-        let Some(stored) = &sut.stored else { return sut };
+        let Some(served) = &sut.served else { return sut };
         let Some((Some(command), expected)) = model.last.as_ref().map(|(c, e)| (c.clone(), e)) else { return sut };
         let now = Timestamp::from_millis(model.now);
         let mut registry = sut.registry.clone();
         let in_memory = registry.apply(&command, now);
-        let in_store = stored.apply(&command, now);
+        let in_store = served.apply(&command, now);
         assert_eq!(&observe(&in_store), expected, "command {command:?} at {now:?}");
         assert_eq!(in_store, in_memory, "command {command:?} at {now:?}");
         Sut { registry, ..sut }
@@ -331,8 +255,8 @@ fn migrations_are_versioned_and_idempotent() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let location = Location::Postgres(url);
     for _ in 0..3 {
-        let store = rt.block_on(Store::open(&location, TokenSealer::from_key([3; 32]), Policy::hardened(), 0)).unwrap();
-        let Store::Postgres(pg) = &store else { unreachable!() };
+        let Location::Postgres(url) = &location else { unreachable!() };
+        let pg = rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened())).unwrap();
         assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1]);
     }
 }
@@ -344,7 +268,7 @@ fn a_tombstone_cannot_be_overwritten_in_postgres() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let policy = Policy::hardened();
     let store =
-        rt.block_on(Store::open(&Location::Postgres(url), TokenSealer::from_key([3; 32]), policy.clone(), 0)).unwrap();
+        rt.block_on(store::open(&Location::Postgres(url), TokenSealer::from_key([3; 32]), policy.clone(), 0)).unwrap();
     let new = bff_session_core::NewSession {
         id: bff_session_core::SessionId::from_random_bytes([0xab; 32]),
         user: bff_session_core::UserId::new("tomb"),
@@ -356,16 +280,16 @@ fn a_tombstone_cannot_be_overwritten_in_postgres() {
     let _ = rt.block_on(store.delete(&created));
     rt.block_on(store.put(None, &created)).unwrap();
     let mut ended = created.clone();
-    let _ = lifecycle::revoke(&mut ended, RevocationReason::Logout, now, &policy);
+    let _ = lifecycle::revoke(Some(&mut ended), RevocationReason::Logout, now, &policy);
     rt.block_on(store.put(Some(&created), &ended)).unwrap();
     // A stale writer that read the active record loses the compare-and-swap...
     let mut stale = created.clone();
-    let _ = lifecycle::touch(&mut stale, now.saturating_add(std::time::Duration::from_secs(600)), &policy);
+    let _ = lifecycle::touch(Some(&mut stale), now.saturating_add(Duration::from_secs(600)), &policy);
     assert!(matches!(rt.block_on(store.put(Some(&created), &stale)), Err(StoreError::Conflict)));
     // ...and one that forges the current version is stopped by the database itself.
     let mut forged = stale.clone();
     for _ in 0..(ended.version() - created.version()) {
-        let _ = lifecycle::touch(&mut forged, now.saturating_add(std::time::Duration::from_secs(1200)), &policy);
+        let _ = lifecycle::touch(Some(&mut forged), now.saturating_add(Duration::from_secs(1200)), &policy);
     }
     let forged_put = rt.block_on(store.put(Some(&ended), &forged));
     assert!(forged_put.is_err(), "a revoked session was made active again");

@@ -245,7 +245,7 @@ impl Toy {
                     let now = inner.now;
                     let user = inner.registry.get(&key).map(|s| s.user().clone()).unwrap();
                     let own = inner.registry.get(&key).map(|s| s.handle());
-                    match handle.map(|h| inner.registry.revoke_handle(&user, h, now).outcome) {
+                    match handle.map(|h| inner.registry.revoke_handle(&user, h, key, now).outcome) {
                         Some(Ok(())) if handle == own => {
                             with_cookies(reply(StatusCode::NO_CONTENT, Value::Null), &clear())
                         }
