@@ -81,7 +81,74 @@ fn ensure_installed(subcommand: &str, krate: &str) -> Result<(), String> {
 fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    core_stays_sans_io()
+    // `serve` without the demo: the dev provider must stay optional.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "bff-session-server",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    core_stays_sans_io()?;
+    demo_is_optional()?;
+    server_decides_nothing()
+}
+
+/// Without the `demo` feature the dev provider is not in the server's dependency tree.
+fn demo_is_optional() -> Result<(), String> {
+    let out = cargo()
+        .args(["tree", "-p", "bff-session-server", "--no-default-features", "-e", "normal", "--prefix", "none"])
+        .output()
+        .map_err(|e| format!("cannot run cargo tree: {e}"))?;
+    let tree = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || tree.lines().any(|l| l.starts_with("bff-session-dev-idp")) {
+        return Err("bff-session-server links the dev provider without the demo feature".into());
+    }
+    eprintln!("xtask: the server without `demo` does not link bff-session-dev-idp");
+    Ok(())
+}
+
+/// Every rule about a session lives in core: the server's source holds no comparison with `now` and asks
+/// no deadline question of a record.
+fn server_decides_nothing() -> Result<(), String> {
+    const ASKS: [&str; 6] =
+        ["expired_at(", "refresh_due(", "delete_at(", "touch_due(", "background_refresh_due(", "next_event("];
+    let mut found = Vec::new();
+    let mut files = vec![root().join("crates/server/src")];
+    while let Some(path) = files.pop() {
+        let entries = fs::read_dir(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                let compares_now = code
+                    .match_indices("now")
+                    .any(|(i, _)| ["<", ">"].iter().any(|op| code[i + 3..].trim_start().starts_with(op)));
+                let store_schedule = path.ends_with("sled.rs") || path.ends_with("postgres.rs");
+                let asks = ASKS.iter().any(|a| code.contains(a)) && !store_schedule;
+                if compares_now || asks {
+                    found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    if !found.is_empty() {
+        return Err(format!("session rules outside core:\n{}", found.join("\n")));
+    }
+    eprintln!("xtask: the server compares no time with now and asks no deadline question of a record");
+    Ok(())
 }
 
 /// Installs Debian's chromium and chromium-driver when missing, then runs the browser test; the screenshot of

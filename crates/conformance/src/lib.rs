@@ -7,8 +7,8 @@
 //! [`Oracle`] (core's `Registry` fed the same steps) predicts. A divergence is shrunk to a minimal sequence
 //! and printed as readable steps with a replay command.
 //!
-//! [`trace`] replays an audit trail (JSON lines of lifecycle events) through core and reports the first
-//! illegal transition.
+//! The harness binary's `trace` subcommand replays an audit trail (JSON lines of lifecycle events) through
+//! [`bff_session_core::trace`] and reports the first illegal transition.
 //!
 //! The protocol a target must speak is in this crate's README.
 

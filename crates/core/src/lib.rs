@@ -10,7 +10,7 @@
 //!
 //! A shell (the reference server, a test, a fuzzer) drives core like this:
 //!
-//! 1. For each request, pick the session cookie out of the `Cookie` header ([`cookie::session_cookie`]) and
+//! 1. For each request, pick the session cookie out of the `Cookie` header ([`cookie::find`]) and
 //!    call [`Registry::authenticate`] (or [`lifecycle::admit`] then [`lifecycle::authenticate`] on a record
 //!    from its own store) with `now`.
 //! 2. Carry out the returned effects in order; acknowledge the request only after every

@@ -71,7 +71,7 @@ impl Method {
 /// What a request presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthRequest<'a> {
-    /// The session cookie's value, already picked out of the `Cookie` header by `cookie::session_cookie`.
+    /// The session cookie's value, already picked out of the `Cookie` header by [`crate::cookie::find`].
     pub cookie: Option<&'a str>,
     pub method: Method,
     /// The CSRF header's value.
