@@ -29,6 +29,7 @@ pub mod command;
 pub mod cookie;
 pub mod csrf;
 pub mod effect;
+pub mod ended;
 pub mod id;
 pub mod lifecycle;
 pub mod login;

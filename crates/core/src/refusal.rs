@@ -6,8 +6,8 @@
 use std::fmt;
 
 use crate::csrf::CsrfError;
+use crate::ended::{ExpiryReason, RevocationReason};
 use crate::id::SessionIdError;
-use crate::session::{ExpiryReason, RevocationReason};
 
 /// Why a request does not carry a usable session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
