@@ -29,6 +29,30 @@ pub enum Visit {
     Nothing,
 }
 
+/// What one sweep found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Sessions that expired in this sweep.
+    pub expired: Vec<(SessionKey, ExpiryReason)>,
+    /// Tombstones deleted.
+    pub deleted: Vec<SessionKey>,
+    /// Recently used sessions whose access token is within the background window: begin a refresh for each
+    /// with [`crate::Trigger::Background`].
+    pub refresh_due: Vec<SessionKey>,
+}
+
+impl TickReport {
+    /// Files one record's visit under what it did.
+    pub fn add(&mut self, key: SessionKey, visit: Visit) {
+        match visit {
+            Visit::Deleted => self.deleted.push(key),
+            Visit::Expired(reason) => self.expired.push((key, reason)),
+            Visit::RefreshDue => self.refresh_due.push(key),
+            Visit::Gone | Visit::Nothing => {}
+        }
+    }
+}
+
 /// Decides about the record under `key` at `now`. `session` is `None` when the shell found nothing
 /// readable under the key.
 pub fn visit(key: SessionKey, session: Option<&mut Session>, now: Timestamp, policy: &Policy) -> Transition<Visit> {

@@ -12,14 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::background::{self, Visit};
+use crate::background;
+pub use crate::background::TickReport;
 use crate::effect::Effect;
 use crate::id::{Handle, SessionId, SessionKey};
 use crate::lifecycle::{self, AuthRequest, Authenticated, NewSession, Refusal, Transition};
 use crate::policy::{Policy, PolicyError};
 use crate::refresh::{RefreshCompletion, RefreshRefusal, RefreshResult, RefreshTicket, Trigger};
 use crate::revoke_all::{Lookup, RevokeAll};
-use crate::session::{ExpiryReason, RevocationReason, Session, UserId};
+use crate::session::{RevocationReason, Session, UserId};
 use crate::time::Timestamp;
 
 /// The largest key, to make a schedule range inclusive of every key at one instant.
@@ -60,18 +61,6 @@ impl fmt::Display for CreateError {
 }
 
 impl std::error::Error for CreateError {}
-
-/// What one sweep found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TickReport {
-    /// Sessions that expired in this sweep.
-    pub expired: Vec<(SessionKey, ExpiryReason)>,
-    /// Tombstones deleted.
-    pub deleted: Vec<SessionKey>,
-    /// Recently used sessions whose access token is within the background window: begin a refresh for each
-    /// with [`Trigger::Background`].
-    pub refresh_due: Vec<SessionKey>,
-}
 
 impl Registry {
     pub fn new(policy: Policy) -> Result<Self, PolicyError> {
@@ -262,12 +251,7 @@ impl Registry {
         let mut effects = Vec::new();
         for key in due {
             let t = self.update(key, |s, policy| background::visit(key, s, now, policy));
-            match t.outcome {
-                Visit::Deleted => report.deleted.push(key),
-                Visit::Expired(reason) => report.expired.push((key, reason)),
-                Visit::RefreshDue => report.refresh_due.push(key),
-                Visit::Gone | Visit::Nothing => {}
-            }
+            report.add(key, t.outcome);
             effects.extend(t.effects);
         }
         Transition::new(report, effects)

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bff_session_core::{Secret, TickReport, Trigger, Visit, background};
+use bff_session_core::{Secret, TickReport, Trigger, background};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::warn;
 
@@ -56,12 +56,7 @@ impl Service {
             // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline.
             match self.apply_with(key, |s, now, p| background::visit(key, s, now, p), false).await {
                 Ok(visited) => {
-                    match visited.outcome {
-                        Visit::Deleted => report.deleted.push(key),
-                        Visit::Expired(reason) => report.expired.push((key, reason)),
-                        Visit::RefreshDue => report.refresh_due.push(key),
-                        Visit::Gone | Visit::Nothing => {}
-                    }
+                    report.add(key, visited.outcome);
                     effects.extend(visited.effects);
                 }
                 Err(e) => {
