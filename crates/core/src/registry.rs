@@ -229,7 +229,7 @@ impl Registry {
             .find(|k| self.get(k).is_some_and(|s| s.handle() == handle));
         match key {
             Some(key) => self.update(key, |s, policy| lifecycle::end_from_device(s, requester, now, policy)),
-            None => Transition::new(Err(Refusal::Unknown), Vec::new()),
+            None => lifecycle::end_from_device(None, requester, now, &self.policy),
         }
     }
 

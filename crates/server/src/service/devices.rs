@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bff_session_core::lifecycle;
-use bff_session_core::{Handle, Lookup, Refusal, Session, SessionKey, UserId};
+use bff_session_core::{Handle, Lookup, Policy, Refusal, Session, SessionKey, UserId};
 use tracing::warn;
 
 use super::{Applied, Service, ServiceError};
@@ -27,14 +27,14 @@ impl Service {
                 break;
             }
         }
+        let end = |s: Option<&mut Session>, now, p: &Policy| lifecycle::end_from_device(s, requester, now, p);
         match target {
-            Some(key) => self.apply(key, |s, now, p| lifecycle::end_from_device(s, requester, now, p)).await,
-            None => Ok(Applied {
-                outcome: Err(Refusal::Unknown),
-                effects: Vec::new(),
-                session: None,
-                now: self.clock.now(),
-            }),
+            Some(key) => self.apply(key, end).await,
+            None => {
+                let now = self.clock.now();
+                let t = end(None, now, &self.policy);
+                Ok(Applied { outcome: t.outcome, effects: t.effects, session: None, now })
+            }
         }
     }
 
