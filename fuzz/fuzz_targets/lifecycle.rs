@@ -10,17 +10,19 @@ mod support;
 
 use support::assertions::{History, check_step};
 use support::driver::{observe, run};
-use support::model::{Model, OidcOp, Op, Proof, ResultOp, Target, USERS, tiny_policy};
+use support::model::{Model, OidcOp, Op, Pick, Proof, ResultOp, Target, USERS, tiny_policy};
 
 const MAX_STEPS: usize = 200;
 
 fn op(u: &mut Unstructured<'_>, scale: u64) -> Result<Op> {
-    let idx = |u: &mut Unstructured<'_>| u.int_in_range(0..=4usize);
+    let idx = |u: &mut Unstructured<'_>| -> Result<Pick> {
+        Ok(if u.arbitrary()? { Pick::Nth(u.arbitrary()?) } else { Pick::Newest(u.int_in_range(0..=2)?) })
+    };
     let user = |u: &mut Unstructured<'_>| u.int_in_range(0..=USERS - 1);
     let lifetime = |u: &mut Unstructured<'_>| -> Result<Option<u64>> {
         Ok(if u.ratio(4, 5)? { Some(u.int_in_range(0..=2 * scale)?) } else { None })
     };
-    Ok(match u.int_in_range(0..=12u8)? {
+    Ok(match u.int_in_range(0..=14u8)? {
         0 => Op::Create {
             user: user(u)?,
             oidc: if u.ratio(4, 5)? {
@@ -42,16 +44,17 @@ fn op(u: &mut Unstructured<'_>, scale: u64) -> Result<Op> {
                 _ => Target::Session(idx(u)?),
             },
             unsafe_method: u.arbitrary()?,
-            proof: match u.int_in_range(0..=7u8)? {
+            proof: match u.int_in_range(0..=8u8)? {
                 0 => Proof::Missing,
                 1 => Proof::Foreign(idx(u)?),
+                2 => Proof::Forged(u.arbitrary()?),
                 _ => Proof::Own,
             },
         },
         2 => Op::Touch(idx(u)?),
         3 => Op::BeginRefresh(idx(u)?, u.arbitrary::<Trigger>()?),
         4 => Op::CompleteRefresh(
-            u.int_in_range(0..=8)?,
+            idx(u)?,
             match u.int_in_range(0..=8u8)? {
                 0 => ResultOp::InvalidGrant,
                 1 | 2 => ResultOp::Transient,
@@ -65,6 +68,8 @@ fn op(u: &mut Unstructured<'_>, scale: u64) -> Result<Op> {
         9 => Op::RevokeBySub(user(u)?),
         10 => Op::Tick,
         11 => Op::Rewind(u.int_in_range(0..=scale / 2)?),
+        12 => Op::RenewLease(idx(u)?),
+        13 => Op::ClockTo(idx(u)?, u.int_in_range(-1..=1)?),
         _ => Op::Advance(if u.ratio(1, 8)? { u.int_in_range(0..=14 * scale)? } else { u.int_in_range(0..=scale / 2)? }),
     })
 }

@@ -29,6 +29,10 @@ pub enum Command {
         key: SessionKey,
         trigger: Trigger,
     },
+    /// Extends a ticket's lease while its provider call runs.
+    RenewLease {
+        ticket: RefreshTicket,
+    },
     CompleteRefresh {
         ticket: RefreshTicket,
         result: RefreshResult,
@@ -65,6 +69,7 @@ pub enum Outcome {
     Authenticated(Result<Authenticated, Refusal>),
     Touched(Result<bool, Refusal>),
     RefreshBegun(Result<RefreshTicket, RefreshRefusal>),
+    LeaseRenewed(Result<Timestamp, RefreshRefusal>),
     RefreshCompleted(RefreshCompletion),
     Revoked(Result<(), Refusal>),
     RevokedMany(Vec<SessionKey>),
@@ -85,6 +90,7 @@ impl Registry {
             Command::BeginRefresh { key, trigger } => {
                 self.begin_refresh(*key, *trigger, now).map(Outcome::RefreshBegun)
             }
+            Command::RenewLease { ticket } => self.renew_lease(ticket, now).map(Outcome::LeaseRenewed),
             Command::CompleteRefresh { ticket, result } => {
                 self.complete_refresh(ticket, result.clone(), now).map(Outcome::RefreshCompleted)
             }

@@ -44,6 +44,12 @@ fn config() -> Config {
 proptest! {
     #![proptest_config(config())]
 
+    /// A foreign or forged CSRF proof is always refused, and changes nothing.
+    #[test]
+    fn forged_csrf_is_refused((model, ops, _) in sequences()) {
+        drive(model, &ops, |_, step, after| check::forged_csrf_is_refused(step, after));
+    }
+
     /// Revoked or expired never authenticates again (no resurrection), whatever comes later.
     #[test]
     fn no_resurrection((model, ops, _) in sequences()) {

@@ -83,6 +83,9 @@ impl Served {
                 Command::BeginRefresh { key, trigger } => {
                     plain(s.begin_refresh(*key, *trigger).await.unwrap()).map(Outcome::RefreshBegun)
                 }
+                Command::RenewLease { ticket } => {
+                    plain(s.renew_lease(ticket).await.unwrap()).map(Outcome::LeaseRenewed)
+                }
                 Command::CompleteRefresh { ticket, result } => {
                     plain(s.complete_refresh(ticket, result.clone()).await.unwrap()).map(Outcome::RefreshCompleted)
                 }

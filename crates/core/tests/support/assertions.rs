@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bff_session_core::record::{self, Unsealed};
 use bff_session_core::{
-    Command, Effect, Outcome, RefreshCompletion, Refusal, Registry, Session, SessionId, SessionKey, Timestamp,
+    Command, Effect, Method, Outcome, Policy, RefreshCompletion, Refusal, Registry, Session, SessionId, SessionKey,
+    Timestamp, csrf,
 };
 
 use super::driver::Step;
@@ -25,6 +26,17 @@ pub struct History {
 
 fn records(r: &Registry) -> BTreeMap<SessionKey, &Session> {
     r.iter().map(|s| (s.key(), s)).collect()
+}
+
+/// Whether a session is usable at `now`, by plain millisecond arithmetic on its public fields: active, and
+/// before its absolute deadline, its idle deadline and its refresh token's expiry. Deliberately not core's
+/// `expired_at`, so a wrong deadline rule in core cannot agree with itself here.
+fn live_by_arithmetic(s: &Session, now: Timestamp, policy: &Policy) -> bool {
+    let now = now.as_millis();
+    let before = |deadline: u64| now < deadline;
+    let idle = policy.idle_timeout.map(|i| s.last_used_at().as_millis().saturating_add(i.as_millis() as u64));
+    let refresh = s.tokens().and_then(|t| t.refresh_expires_at).map(Timestamp::as_millis);
+    s.is_active() && before(s.absolute_deadline().as_millis()) && idle.is_none_or(before) && refresh.is_none_or(before)
 }
 
 fn cookie_key(step: &Step) -> Option<SessionKey> {
@@ -59,15 +71,15 @@ pub fn authenticates_exactly_live_sessions(step: &Step, after: &Registry) {
         return;
     }
     let Some(key) = cookie_key(step) else { return };
-    let live =
-        step.before.get(&key).is_some_and(|s| s.is_active() && s.expired_at(step.now, step.before.policy()).is_none());
+    let live = step.before.get(&key).is_some_and(|s| live_by_arithmetic(s, step.now, step.before.policy()));
     assert_eq!(outcome.is_ok(), live, "authenticate {key}: {outcome:?}");
     if outcome.is_ok() {
         assert!(after.get(&key).is_some_and(Session::is_active));
     }
 }
 
-/// At most one live refresh ticket per session, and a stale completion changes nothing.
+/// At most one live refresh ticket per session, and only that ticket's completion counts: every completion
+/// of any other ticket on a live session is refused as stale and changes nothing.
 pub fn single_flight(h: &mut History, step: &Step, after: &Registry) {
     match (&step.command, &step.transition.outcome) {
         (Command::BeginRefresh { key, .. }, Outcome::RefreshBegun(Ok(ticket))) => {
@@ -76,15 +88,43 @@ pub fn single_flight(h: &mut History, step: &Step, after: &Registry) {
             }
             h.live_ticket.insert(*key, (ticket.generation, ticket.lease_expires_at));
         }
-        (Command::CompleteRefresh { ticket, .. }, Outcome::RefreshCompleted(RefreshCompletion::Stale)) => {
-            assert_eq!(&step.before, after, "stale completion of generation {} changed state", ticket.generation);
-            assert!(step.transition.effects.is_empty(), "stale completion had effects");
+        (Command::RenewLease { ticket }, Outcome::LeaseRenewed(Ok(until))) => {
+            h.live_ticket.insert(ticket.key, (ticket.generation, *until));
         }
-        (Command::CompleteRefresh { ticket, .. }, Outcome::RefreshCompleted(_)) => {
-            h.live_ticket.remove(&ticket.key);
+        (Command::CompleteRefresh { ticket, .. }, Outcome::RefreshCompleted(completion)) => {
+            let before = step.before.get(&ticket.key);
+            let live = before.is_some_and(|s| live_by_arithmetic(s, step.now, step.before.policy()));
+            let current = before.and_then(|s| s.refresh_state().lease()).map(|l| l.generation);
+            if live && current != Some(ticket.generation) {
+                assert_eq!(*completion, RefreshCompletion::Stale, "generation {} is not current", ticket.generation);
+            }
+            if *completion == RefreshCompletion::Stale {
+                assert_eq!(&step.before, after, "stale completion of generation {} changed state", ticket.generation);
+                assert!(step.transition.effects.is_empty(), "stale completion had effects");
+            } else {
+                h.live_ticket.remove(&ticket.key);
+            }
         }
         _ => {}
     }
+}
+
+/// A foreign or forged CSRF proof is always refused: an unsafe request whose proof is not the one derived
+/// from its own cookie's session ID never gets past the CSRF check, and changes nothing.
+pub fn forged_csrf_is_refused(step: &Step, after: &Registry) {
+    let Command::Authenticate { cookie: Some(cookie), method: Method::Unsafe, csrf_proof } = &step.command else {
+        return;
+    };
+    let Ok(id) = SessionId::decode(cookie) else { return };
+    if csrf_proof.as_deref() == Some(csrf::proof_for(&id).as_str()) {
+        return;
+    }
+    assert!(
+        matches!(step.transition.outcome, Outcome::Authenticated(Err(Refusal::Csrf(_)))),
+        "a proof that is not the session's own was accepted: {:?}",
+        step.transition.outcome
+    );
+    assert_eq!(&step.before, after);
 }
 
 /// A rotated-out refresh token is never handed out again.
@@ -108,7 +148,7 @@ pub fn no_refresh_for_ended_sessions(step: &Step) {
     if let (Command::BeginRefresh { key, .. }, Outcome::RefreshBegun(Ok(_))) = (&step.command, &step.transition.outcome)
     {
         let s = step.before.get(key);
-        assert!(s.is_some_and(|s| s.is_active() && s.expired_at(step.now, step.before.policy()).is_none()));
+        assert!(s.is_some_and(|s| live_by_arithmetic(s, step.now, step.before.policy())));
     }
 }
 
@@ -189,6 +229,7 @@ pub fn check_step(h: &mut History, step: &Step, after: &Registry) {
     revoke_all_ends_exactly_that_user(step, after);
     absolute_deadline_is_fixed(h, after);
     refused_csrf_has_no_effect(step, after);
+    forged_csrf_is_refused(step, after);
     changes_are_persisted(step, after);
     records_round_trip(after);
 }

@@ -3,7 +3,7 @@
 
 use bff_session_core::{Command, Effect, Outcome, Registry, Timestamp, Transition};
 
-use super::model::{AuthObs, Cookies, Expect, Model, Obs};
+use super::model::{AuthObs, Cookies, Expect, Model, Obs, Write};
 
 /// One executed step: the registry before and after, the command and what came back.
 #[derive(Clone, Debug)]
@@ -40,6 +40,7 @@ pub fn observe(t: &Transition<Outcome>) -> Expect {
                 .map_err(|e| *e)
                 .map(|t| (t.key, t.generation, t.refresh_token.expose().to_owned(), t.lease_expires_at.as_millis())),
         ),
+        Outcome::LeaseRenewed(r) => Obs::Renew(r.map(Timestamp::as_millis)),
         Outcome::RefreshCompleted(c) => Obs::Complete(*c),
         Outcome::Revoked(r) => Obs::Revoke(*r),
         Outcome::RevokedMany(keys) => Obs::Many(keys.clone()),
@@ -61,12 +62,24 @@ pub fn observe(t: &Transition<Outcome>) -> Expect {
         })
         .collect();
     revoked_at_provider.sort();
-    let cookies = if t.effects.iter().any(|e| matches!(e, Effect::SetCookies { .. })) {
-        Cookies::Set
-    } else if t.effects.contains(&Effect::ClearCookies) {
-        Cookies::Cleared
-    } else {
-        Cookies::Untouched
+    let set = t.effects.iter().find_map(|e| match e {
+        Effect::SetCookies { max_age, .. } => Some(max_age.as_millis() as u64),
+        _ => None,
+    });
+    let cookies = match set {
+        Some(max_age_ms) => Cookies::Set { max_age_ms },
+        None if t.effects.contains(&Effect::ClearCookies) => Cookies::Cleared,
+        None => Cookies::Untouched,
     };
-    Expect { obs, revoked_at_provider, cookies }
+    let mut writes: Vec<Write> = t
+        .effects
+        .iter()
+        .filter_map(|e| match *e {
+            Effect::Persist { key, version, durability } => Some(Write::Put { key, version, durability }),
+            Effect::Delete { key } => Some(Write::Delete { key }),
+            _ => None,
+        })
+        .collect();
+    writes.sort();
+    Expect { obs, revoked_at_provider, cookies, writes }
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use bff_session_core::Device;
 use bff_session_core::csrf::CsrfError;
 use bff_session_core::{
-    Command, ExpiryReason, Login, Method, NewSession, OidcIdentity, Policy, RefreshCompletion, RefreshRefusal,
-    RefreshResult, RefreshTicket, Refusal, RevocationReason, Secret, SessionId, SessionIdError, SessionKey, Timestamp,
-    TokenGrant, Trigger, UserId,
+    Command, Durability, ExpiryReason, Login, Method, NewSession, OidcIdentity, Policy, RefreshCompletion,
+    RefreshRefusal, RefreshResult, RefreshTicket, Refusal, RevocationReason, Secret, SessionId, SessionIdError,
+    SessionKey, Timestamp, TokenGrant, Trigger, UserId,
 };
 
 pub const ISS: &str = "https://idp.test";
@@ -50,6 +50,8 @@ pub struct MSession {
     pub lease: Option<(u64, u64)>,
     pub failures: u32,
     pub retry_at: Option<u64>,
+    /// The record's version: 1 at creation, one more for each change.
+    pub version: u64,
 }
 
 /// What a step should be observed to do: the outcome, minus implementation details such as versions.
@@ -60,6 +62,7 @@ pub enum Obs {
     Auth(Result<AuthObs, Refusal>),
     Touch(Result<bool, Refusal>),
     Begin(Result<(SessionKey, u64, String, u64), RefreshRefusal>),
+    Renew(Result<u64, RefreshRefusal>),
     Complete(RefreshCompletion),
     Revoke(Result<(), Refusal>),
     Many(Vec<SessionKey>),
@@ -77,43 +80,86 @@ pub struct AuthObs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cookies {
     Untouched,
-    Set,
+    /// Set, with this `Max-Age` in milliseconds.
+    Set {
+        max_age_ms: u64,
+    },
     Cleared,
 }
 
-/// The expected observation of one step, including the tokens revoked at the provider.
+/// One write a step asks of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Write {
+    Put { key: SessionKey, version: u64, durability: Durability },
+    Delete { key: SessionKey },
+}
+
+/// The expected observation of one step: the outcome, the tokens revoked at the provider, the browser's
+/// cookies and the store's writes (sorted), each with its version and durability.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expect {
     pub obs: Obs,
     pub revoked_at_provider: Vec<String>,
     pub cookies: Cookies,
+    pub writes: Vec<Write>,
 }
 
-/// What the test generator may ask for. Indexes wrap around the pools, so shrinking never invalidates them.
+/// What one step did besides its outcome.
+#[derive(Debug, Default)]
+struct Fx {
+    revoked: Vec<String>,
+    writes: Vec<Write>,
+}
+
+/// Which element of a growing pool (sessions, tickets) an op addresses: any of them, or one of the newest.
+/// Indexes wrap around the pool, so shrinking never invalidates them.
+#[derive(Clone, Copy, Debug)]
+pub enum Pick {
+    Nth(u16),
+    Newest(u8),
+}
+
+impl Pick {
+    pub fn of(self, len: usize) -> usize {
+        match self {
+            Self::Nth(n) => usize::from(n) % len,
+            Self::Newest(k) => len - 1 - usize::from(k) % len,
+        }
+    }
+}
+
+/// Browsers cap a cookie's lifetime at 400 days (RFC 6265bis).
+const COOKIE_AGE_CAP_MS: u64 = 400 * 86_400_000;
+
+/// What the test generator may ask for. Sessions and tickets are addressed by [`Pick`]; users by number.
 #[derive(Clone, Debug)]
 pub enum Op {
     Create {
         user: usize,
         oidc: Option<OidcOp>,
-        supersede: Option<usize>,
+        supersede: Option<Pick>,
     },
     Authenticate {
         target: Target,
         unsafe_method: bool,
         proof: Proof,
     },
-    Touch(usize),
-    BeginRefresh(usize, Trigger),
-    CompleteRefresh(usize, ResultOp),
-    Revoke(usize, RevocationReason),
+    Touch(Pick),
+    BeginRefresh(Pick, Trigger),
+    RenewLease(Pick),
+    CompleteRefresh(Pick, ResultOp),
+    Revoke(Pick, RevocationReason),
     RevokeUser(usize, RevocationReason),
     /// Ends session `.1` of user `.0` from the device list of session `.2`.
-    RevokeHandle(usize, usize, usize),
+    RevokeHandle(usize, Pick, Pick),
     RevokeBySid(u8),
     RevokeBySub(usize),
     Tick,
     Advance(u64),
     Rewind(u64),
+    /// Sets the clock to one of the instants where some rule changes its answer (a deadline, a due time, a
+    /// lease's or a back-off's end, a tombstone's deletion), past or future, plus `offset` ms (-1, 0 or 1).
+    ClockTo(Pick, i8),
 }
 
 #[derive(Clone, Debug)]
@@ -126,7 +172,7 @@ pub struct OidcOp {
 
 #[derive(Clone, Debug)]
 pub enum Target {
-    Session(usize),
+    Session(Pick),
     Garbage,
     NoCookie,
 }
@@ -135,7 +181,9 @@ pub enum Target {
 pub enum Proof {
     Own,
     Missing,
-    Foreign(usize),
+    Foreign(Pick),
+    /// A string of the attacker's making.
+    Forged(String),
 }
 
 #[derive(Clone, Debug)]
@@ -199,8 +247,43 @@ impl Model {
         }
     }
 
-    fn id(&self, i: usize) -> SessionId {
-        if self.ids.is_empty() { stranger() } else { self.ids[i % self.ids.len()].clone() }
+    fn id(&self, i: Pick) -> SessionId {
+        if self.ids.is_empty() { stranger() } else { self.ids[i.of(self.ids.len())].clone() }
+    }
+
+    /// One more version of the record under `key`, written with `durability`.
+    fn write(&mut self, key: SessionKey, durability: Durability, fx: &mut Fx) {
+        let s = self.sessions.get_mut(&key).unwrap();
+        s.version += 1;
+        fx.writes.push(Write::Put { key, version: s.version, durability });
+    }
+
+    /// Every instant at which some rule about a session changes its answer, sorted and each once.
+    pub fn instants(&self) -> Vec<u64> {
+        let p = &self.policy;
+        let mut at = Vec::new();
+        for s in self.sessions.values() {
+            match s.end {
+                Some((ended, _)) => at.push(ended.saturating_add(ms(p.tombstone_retention))),
+                None => {
+                    at.push(s.absolute);
+                    at.extend(p.idle_timeout.map(|i| s.last_used.saturating_add(ms(i))));
+                    at.push(s.last_used.saturating_add(ms(p.touch_interval)));
+                    at.push(s.last_used.saturating_add(ms(p.background_recent_use)));
+                    at.extend(self.refresh_from(s, p.refresh_margin));
+                    at.extend(self.refresh_from(s, p.background_window));
+                    if let Some(t) = &s.tokens {
+                        at.push(t.expires);
+                        at.extend(t.refresh_expires);
+                    }
+                    at.extend(s.lease.map(|(_, until)| until));
+                    at.extend(s.retry_at);
+                }
+            }
+        }
+        at.sort_unstable();
+        at.dedup();
+        at
     }
 
     fn expiry(&self, s: &MSession) -> (u64, ExpiryReason) {
@@ -222,7 +305,7 @@ impl Model {
         Some(by_margin.max(half_life))
     }
 
-    fn end(&mut self, key: SessionKey, end: End, revoked: &mut Vec<String>) {
+    fn end(&mut self, key: SessionKey, end: End, fx: &mut Fx) {
         let now = self.now;
         let s = self.sessions.get_mut(&key).unwrap();
         let at_provider = match end {
@@ -235,12 +318,13 @@ impl Model {
         if let Some(rt) = s.tokens.take().and_then(|t| t.refresh_token)
             && at_provider
         {
-            revoked.push(rt);
+            fx.revoked.push(rt);
         }
+        self.write(key, Durability::Durable, fx);
     }
 
     /// Ok when the session exists, is active and within its deadlines; a passed deadline ends it here.
-    fn live(&mut self, key: SessionKey, revoked: &mut Vec<String>) -> Result<(), Refusal> {
+    fn live(&mut self, key: SessionKey, fx: &mut Fx) -> Result<(), Refusal> {
         let s = self.sessions.get(&key).ok_or(Refusal::Unknown)?;
         match &s.end {
             Some((_, End::Expired(r))) => Err(Refusal::Expired(*r)),
@@ -248,7 +332,7 @@ impl Model {
             None => {
                 let (deadline, reason) = self.expiry(s);
                 if self.now >= deadline {
-                    self.end(key, End::Expired(reason), revoked);
+                    self.end(key, End::Expired(reason), fx);
                     Err(Refusal::Expired(reason))
                 } else {
                     Ok(())
@@ -257,9 +341,9 @@ impl Model {
         }
     }
 
-    fn revoke(&mut self, key: SessionKey, reason: RevocationReason, revoked: &mut Vec<String>) -> Result<(), Refusal> {
-        self.live(key, revoked)?;
-        self.end(key, End::Revoked(reason), revoked);
+    fn revoke(&mut self, key: SessionKey, reason: RevocationReason, fx: &mut Fx) -> Result<(), Refusal> {
+        self.live(key, fx)?;
+        self.end(key, End::Revoked(reason), fx);
         Ok(())
     }
 
@@ -267,11 +351,11 @@ impl Model {
         &mut self,
         reason: RevocationReason,
         pick: impl Fn(&MSession) -> bool,
-        revoked: &mut Vec<String>,
+        fx: &mut Fx,
     ) -> Vec<SessionKey> {
         let keys: Vec<SessionKey> =
             self.sessions.iter().filter(|(_, s)| s.end.is_none() && pick(s)).map(|(k, _)| *k).collect();
-        keys.into_iter().filter(|&k| self.revoke(k, reason, revoked).is_ok()).collect()
+        keys.into_iter().filter(|&k| self.revoke(k, reason, fx).is_ok()).collect()
     }
 
     fn next_token(&mut self, kind: &str) -> String {
@@ -281,7 +365,7 @@ impl Model {
 
     /// Applies one op: updates the model and records the command and the expectation in `last`.
     pub fn step(&mut self, op: &Op) {
-        let mut revoked = Vec::new();
+        let fx = &mut Fx::default();
         let mut cookies = Cookies::Untouched;
         let now = self.now;
         let (command, obs) = match op {
@@ -293,6 +377,13 @@ impl Model {
                 self.now = self.now.saturating_sub(*d);
                 (None, Obs::None)
             }
+            Op::ClockTo(pick, offset) => {
+                let instants = self.instants();
+                if let Some(at) = (!instants.is_empty()).then(|| instants[pick.of(instants.len())]) {
+                    self.now = at.saturating_add_signed(i64::from(*offset));
+                }
+                (None, Obs::None)
+            }
             Op::Create { user, oidc, supersede } => {
                 self.counter += 1;
                 let mut bytes = [0u8; 32];
@@ -300,9 +391,9 @@ impl Model {
                 let id = SessionId::from_random_bytes(bytes);
                 let supersedes = supersede.map(|i| self.id(i).key());
                 if let Some(old) = supersedes
-                    && self.live(old, &mut revoked).is_ok()
+                    && self.live(old, fx).is_ok()
                 {
-                    self.end(old, End::Revoked(RevocationReason::Superseded), &mut revoked);
+                    self.end(old, End::Revoked(RevocationReason::Superseded), fx);
                 }
                 let (login, sub, sid, tokens) = match oidc {
                     None => (Login::Local, None, None, None),
@@ -348,10 +439,12 @@ impl Model {
                         lease: None,
                         failures: 0,
                         retry_at: None,
+                        version: 1,
                     },
                 );
+                fx.writes.push(Write::Put { key: id.key(), version: 1, durability: Durability::Durable });
                 self.ids.push(id.clone());
-                cookies = Cookies::Set;
+                cookies = Cookies::Set { max_age_ms: ms(self.policy.absolute_lifetime).min(COOKIE_AGE_CAP_MS) };
                 let new = NewSession { id, user: user_id(*user), login, device: Device::default() };
                 (Some(Command::Create { new, supersedes }), Obs::Created(true))
             }
@@ -366,6 +459,7 @@ impl Model {
                             Proof::Own => Some(bff_session_core::csrf::proof_for(&id)),
                             Proof::Missing => None,
                             Proof::Foreign(j) => Some(bff_session_core::csrf::proof_for(&self.id(*j))),
+                            Proof::Forged(s) => Some(s.clone()),
                         };
                         (Some(id.encode()), proof)
                     }
@@ -385,10 +479,11 @@ impl Model {
                                     Err(CsrfError::Mismatch)
                                 }
                             }
+                            (true, Proof::Forged(_)) => Err(CsrfError::Mismatch),
                         };
                         match csrf_ok {
                             Err(e) => Err(Refusal::Csrf(e)),
-                            Ok(()) => self.live(id.key(), &mut revoked).map(|()| {
+                            Ok(()) => self.live(id.key(), fx).map(|()| {
                                 let s = &self.sessions[&id.key()];
                                 AuthObs {
                                     touch_due: now >= s.last_used.saturating_add(ms(self.policy.touch_interval)),
@@ -409,7 +504,7 @@ impl Model {
             }
             Op::Touch(i) => {
                 let key = self.id(*i).key();
-                let result = self.live(key, &mut revoked).map(|()| {
+                let result = self.live(key, fx).map(|()| {
                     let interval = ms(self.policy.touch_interval);
                     let s = self.sessions.get_mut(&key).unwrap();
                     let due = now >= s.last_used.saturating_add(interval);
@@ -418,18 +513,30 @@ impl Model {
                     }
                     due
                 });
+                if result == Ok(true) {
+                    self.write(key, Durability::Lazy, fx);
+                }
                 (Some(Command::Touch { key }), Obs::Touch(result))
             }
             Op::BeginRefresh(i, trigger) => {
                 let key = self.id(*i).key();
-                let result = self.begin(key, *trigger, &mut revoked);
+                let result = self.begin(key, *trigger, fx);
                 (Some(Command::BeginRefresh { key, trigger: *trigger }), Obs::Begin(result))
+            }
+            Op::RenewLease(i) => {
+                if self.tickets.is_empty() {
+                    (None, Obs::None)
+                } else {
+                    let ticket = self.tickets[i.of(self.tickets.len())].clone();
+                    let result = self.renew(&ticket, fx);
+                    (Some(Command::RenewLease { ticket }), Obs::Renew(result))
+                }
             }
             Op::CompleteRefresh(i, result_op) => {
                 if self.tickets.is_empty() {
                     (None, Obs::None)
                 } else {
-                    let ticket = self.tickets[i % self.tickets.len()].clone();
+                    let ticket = self.tickets[i.of(self.tickets.len())].clone();
                     let result = match result_op {
                         ResultOp::Success { expires_in, rotate, refresh_expires_in } => {
                             RefreshResult::Success(TokenGrant {
@@ -443,20 +550,20 @@ impl Model {
                         ResultOp::InvalidGrant => RefreshResult::InvalidGrant,
                         ResultOp::Transient => RefreshResult::Transient,
                     };
-                    let completion = self.complete(&ticket, &result, &mut revoked);
+                    let completion = self.complete(&ticket, &result, fx);
                     (Some(Command::CompleteRefresh { ticket, result }), Obs::Complete(completion))
                 }
             }
             Op::Revoke(i, reason) => {
                 let key = self.id(*i).key();
-                let result = self.revoke(key, *reason, &mut revoked);
+                let result = self.revoke(key, *reason, fx);
                 if result.is_ok() && matches!(reason, RevocationReason::Logout | RevocationReason::LogoutEverywhere) {
                     cookies = Cookies::Cleared;
                 }
                 (Some(Command::Revoke { key, reason: *reason }), Obs::Revoke(result))
             }
             Op::RevokeUser(u, reason) => {
-                let ended = self.revoke_where(*reason, |s| s.user == *u, &mut revoked);
+                let ended = self.revoke_where(*reason, |s| s.user == *u, fx);
                 if matches!(reason, RevocationReason::Logout | RevocationReason::LogoutEverywhere) {
                     cookies = Cookies::Cleared;
                 }
@@ -467,7 +574,7 @@ impl Model {
                 let requester = self.id(*from).key();
                 let mine = self.sessions.get(&id.key()).is_some_and(|s| s.user == *u && s.end.is_none());
                 let result = if mine {
-                    self.revoke(id.key(), RevocationReason::RevokedFromDevice, &mut revoked)
+                    self.revoke(id.key(), RevocationReason::RevokedFromDevice, fx)
                 } else {
                     Err(Refusal::Unknown)
                 };
@@ -479,20 +586,14 @@ impl Model {
             }
             Op::RevokeBySid(n) => {
                 let sid = format!("sid{n}");
-                let ended = self.revoke_where(
-                    RevocationReason::BackchannelLogout,
-                    |s| s.sid.as_deref() == Some(&*sid),
-                    &mut revoked,
-                );
+                let ended =
+                    self.revoke_where(RevocationReason::BackchannelLogout, |s| s.sid.as_deref() == Some(&*sid), fx);
                 (Some(Command::RevokeBySid { iss: ISS.into(), sid }), Obs::Many(ended))
             }
             Op::RevokeBySub(u) => {
                 let sub = format!("sub{u}");
-                let ended = self.revoke_where(
-                    RevocationReason::BackchannelLogout,
-                    |s| s.sub.as_deref() == Some(&*sub),
-                    &mut revoked,
-                );
+                let ended =
+                    self.revoke_where(RevocationReason::BackchannelLogout, |s| s.sub.as_deref() == Some(&*sub), fx);
                 (Some(Command::RevokeBySub { iss: ISS.into(), sub }), Obs::Many(ended))
             }
             Op::Tick => {
@@ -504,11 +605,12 @@ impl Model {
                     if let Some((at, _)) = s.end {
                         if now >= at.saturating_add(retention) {
                             self.sessions.remove(&key);
+                            fx.writes.push(Write::Delete { key });
                             deleted.push(key);
                         }
                         continue;
                     }
-                    if let Err(Refusal::Expired(reason)) = self.live(key, &mut revoked) {
+                    if let Err(Refusal::Expired(reason)) = self.live(key, fx) {
                         expired.push((key, reason));
                     } else if self.background_due(&self.sessions[&key]) {
                         refresh_due.push(key);
@@ -517,8 +619,10 @@ impl Model {
                 (Some(Command::Tick), Obs::Tick { expired, deleted, refresh_due })
             }
         };
-        revoked.sort();
-        self.last = Some((command, Expect { obs, revoked_at_provider: revoked, cookies }));
+        fx.revoked.sort();
+        fx.writes.sort();
+        let Fx { revoked, writes } = std::mem::take(fx);
+        self.last = Some((command, Expect { obs, revoked_at_provider: revoked, cookies, writes }));
     }
 
     fn background_due(&self, s: &MSession) -> bool {
@@ -536,9 +640,9 @@ impl Model {
         &mut self,
         key: SessionKey,
         trigger: Trigger,
-        revoked: &mut Vec<String>,
+        fx: &mut Fx,
     ) -> Result<(SessionKey, u64, String, u64), RefreshRefusal> {
-        self.live(key, revoked).map_err(RefreshRefusal::Ended)?;
+        self.live(key, fx).map_err(RefreshRefusal::Ended)?;
         let now = self.now;
         let ahead = match trigger {
             Trigger::Request => self.policy.refresh_margin,
@@ -558,29 +662,46 @@ impl Model {
         }
         s.generation += 1;
         s.lease = Some((s.generation, now + lease_ms));
+        let generation = s.generation;
         let rt = s.tokens.as_ref().and_then(|t| t.refresh_token.clone()).unwrap();
+        self.write(key, Durability::Lazy, fx);
         self.tickets.push(RefreshTicket {
             key,
-            generation: s.generation,
+            generation,
             refresh_token: Secret::new(rt.clone()),
             lease_expires_at: Timestamp::from_millis(now + lease_ms),
         });
-        Ok((key, s.generation, rt, now + lease_ms))
+        Ok((key, generation, rt, now + lease_ms))
     }
 
-    fn complete(
-        &mut self,
-        ticket: &RefreshTicket,
-        result: &RefreshResult,
-        revoked: &mut Vec<String>,
-    ) -> RefreshCompletion {
+    /// A lease is extended only by its own ticket while it is live, to `refresh_lease` from now, and never
+    /// shortened; an extension that moves nothing writes nothing.
+    fn renew(&mut self, ticket: &RefreshTicket, fx: &mut Fx) -> Result<u64, RefreshRefusal> {
+        self.live(ticket.key, fx).map_err(RefreshRefusal::Ended)?;
+        let now = self.now;
+        let lease_ms = ms(self.policy.refresh_lease);
+        let s = self.sessions.get_mut(&ticket.key).unwrap();
+        match s.lease {
+            Some((generation, until)) if generation == ticket.generation && now < until => {
+                let extended = (now + lease_ms).max(until);
+                if extended > until {
+                    s.lease = Some((generation, extended));
+                    self.write(ticket.key, Durability::Lazy, fx);
+                }
+                Ok(extended)
+            }
+            _ => Err(RefreshRefusal::NotDue),
+        }
+    }
+
+    fn complete(&mut self, ticket: &RefreshTicket, result: &RefreshResult, fx: &mut Fx) -> RefreshCompletion {
         let now = self.now;
         let new_rt = match result {
             RefreshResult::Success(g) => g.refresh_token.as_ref().map(|t| t.expose().to_owned()),
             _ => None,
         };
-        if self.live(ticket.key, revoked).is_err() {
-            revoked.extend(new_rt);
+        if self.live(ticket.key, fx).is_err() {
+            fx.revoked.extend(new_rt);
             return RefreshCompletion::Discarded;
         }
         let policy = self.policy.clone();
@@ -600,10 +721,11 @@ impl Model {
                 s.tokens = Some(MTokens { issued: now, expires, refresh_token, refresh_expires });
                 s.failures = 0;
                 s.retry_at = None;
+                self.write(ticket.key, Durability::Durable, fx);
                 RefreshCompletion::Refreshed { access_expires_at: Timestamp::from_millis(expires) }
             }
             RefreshResult::InvalidGrant => {
-                self.end(ticket.key, End::Revoked(RevocationReason::RefreshRejected), revoked);
+                self.end(ticket.key, End::Revoked(RevocationReason::RefreshRejected), fx);
                 RefreshCompletion::Revoked
             }
             RefreshResult::Transient => {
@@ -611,6 +733,7 @@ impl Model {
                 let backoff = (ms(policy.refresh_backoff_base) as u128) << (s.failures - 1).min(64);
                 let until = now + backoff.min(ms(policy.refresh_backoff_max) as u128) as u64;
                 s.retry_at = Some(until);
+                self.write(ticket.key, Durability::Lazy, fx);
                 RefreshCompletion::BackingOff { until: Timestamp::from_millis(until) }
             }
         }

@@ -7,7 +7,7 @@ use bff_session_core::{Policy, RevocationReason, Trigger};
 use proptest::prelude::*;
 use proptest_state_machine::ReferenceStateMachine;
 
-use super::model::{Model, OidcOp, Op, Proof, ResultOp, Target, USERS};
+use super::model::{Model, OidcOp, Op, Pick, Proof, ResultOp, Target, USERS};
 
 /// Which policy a generated sequence runs under.
 pub trait PolicyChoice: 'static {
@@ -69,7 +69,8 @@ fn refresh_lifetime(p: &Policy) -> impl Strategy<Value = Option<u64>> + use<> {
 }
 
 /// Clock moves: mostly small steps around the touch interval and token lifetimes, sometimes across the
-/// idle or absolute deadline or the tombstone retention, and sometimes backwards.
+/// idle or absolute deadline or the tombstone retention, and sometimes backwards. `Op::ClockTo` (in [`op`])
+/// lands on the exact instants where rules change, and a millisecond either side, in either direction.
 fn clock(p: &Policy) -> impl Strategy<Value = Op> + use<> {
     let small = (2 * ms(p.touch_interval)).min(ms(p.assumed_token_lifetime) / 2);
     let medium = ms(p.idle_timeout.unwrap_or(p.absolute_lifetime / 4));
@@ -83,8 +84,19 @@ fn clock(p: &Policy) -> impl Strategy<Value = Op> + use<> {
     ]
 }
 
+/// Any session or ticket, with the newest ones (where the action is) more often.
+fn pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![1 => any::<u16>().prop_map(Pick::Nth), 1 => (0..3u8).prop_map(Pick::Newest)]
+}
+
+/// A CSRF proof of the attacker's making: any string, or one shaped like a real proof (43 base64url
+/// characters) that belongs to no session.
+fn forged() -> impl Strategy<Value = String> {
+    prop_oneof![".{0,60}", "[A-Za-z0-9_-]{43}"]
+}
+
 pub fn op(p: &Policy) -> impl Strategy<Value = Op> + use<> {
-    let idx = || 0..4usize;
+    let idx = pick;
     let user = || 0..USERS;
     let oidc = (prop::option::of(0..3u8), token_lifetime(p), prop::bool::weighted(0.85), refresh_lifetime(p)).prop_map(
         |(sid, expires_in, refresh_token, refresh_expires_in)| OidcOp {
@@ -96,7 +108,12 @@ pub fn op(p: &Policy) -> impl Strategy<Value = Op> + use<> {
     );
     let target =
         prop_oneof![8 => idx().prop_map(Target::Session), 1 => Just(Target::Garbage), 1 => Just(Target::NoCookie)];
-    let proof = prop_oneof![6 => Just(Proof::Own), 1 => Just(Proof::Missing), 1 => idx().prop_map(Proof::Foreign)];
+    let proof = prop_oneof![
+        6 => Just(Proof::Own),
+        1 => Just(Proof::Missing),
+        1 => idx().prop_map(Proof::Foreign),
+        1 => forged().prop_map(Proof::Forged),
+    ];
     let result = prop_oneof![
         6 => (token_lifetime(p), any::<bool>(), refresh_lifetime(p))
             .prop_map(|(expires_in, rotate, refresh_expires_in)| ResultOp::Success { expires_in, rotate, refresh_expires_in }),
@@ -110,6 +127,7 @@ pub fn op(p: &Policy) -> impl Strategy<Value = Op> + use<> {
         8 => (target, any::<bool>(), proof).prop_map(|(target, unsafe_method, proof)| Op::Authenticate { target, unsafe_method, proof }),
         3 => idx().prop_map(Op::Touch),
         6 => (idx(), trigger).prop_map(|(i, t)| Op::BeginRefresh(i, t)),
+        2 => idx().prop_map(Op::RenewLease),
         6 => (idx(), result).prop_map(|(i, r)| Op::CompleteRefresh(i, r)),
         1 => (idx(), reason()).prop_map(|(i, r)| Op::Revoke(i, r)),
         1 => (user(), reason()).prop_map(|(u, r)| Op::RevokeUser(u, r)),
@@ -118,6 +136,7 @@ pub fn op(p: &Policy) -> impl Strategy<Value = Op> + use<> {
         1 => user().prop_map(Op::RevokeBySub),
         3 => Just(Op::Tick),
         10 => clock(p),
+        6 => (idx(), -1..=1i8).prop_map(|(i, offset)| Op::ClockTo(i, offset)),
     ]
 }
 

@@ -55,6 +55,14 @@ impl Service {
         self.apply(key, |s, now, p| lifecycle::begin_refresh(s, trigger, now, p)).await
     }
 
+    /// Extends a ticket's lease while its provider call runs.
+    pub async fn renew_lease(
+        self: &Arc<Self>,
+        ticket: &RefreshTicket,
+    ) -> Result<Applied<Result<bff_session_core::Timestamp, RefreshRefusal>>, ServiceError> {
+        self.apply(ticket.key, |s, now, p| lifecycle::renew_lease(s, ticket, now, p)).await
+    }
+
     /// Stores the provider's answer to a ticket.
     pub async fn complete_refresh(
         self: &Arc<Self>,
@@ -174,9 +182,7 @@ impl Service {
             tokio::select! {
                 result = &mut call => return result,
                 () = tokio::time::sleep(every) => {
-                    let renewed =
-                        self.apply(ticket.key, |s, now, p| lifecycle::renew_lease(s, ticket, now, p)).await;
-                    match renewed.map(|a| a.outcome) {
+                    match self.renew_lease(ticket).await.map(|a| a.outcome) {
                         Ok(Ok(_)) => {}
                         Ok(Err(refusal)) => warn!(session = %ticket.key, %refusal, "refresh lease not renewed"),
                         Err(e) => warn!(session = %ticket.key, error = %e, "refresh lease not renewed"),
