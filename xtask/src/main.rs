@@ -22,6 +22,9 @@ commands:
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
   fuzz [SECS] [T..]  run fuzz targets on nightly for SECS seconds each (default 60, all targets)
+  model-check [--deep]
+                     stateright over core (release build): every invariant on every behaviour up to the
+                     quick bound (also part of `cargo test`), or the deep one with --deep
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
   mutants            cargo-mutants over core's lifecycle, registry and csrf modules";
 
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
             let skip = usize::from(args.get(1).is_some_and(|s| s.parse::<u64>().is_ok()));
             fuzz(secs, &args[1 + skip..])
         }
+        Some("model-check") => model_check(args.get(1).is_some_and(|a| a == "--deep")),
         Some("bench") => bench(),
         Some("mutants") => mutants(),
         _ => Err(USAGE.to_owned()),
@@ -260,6 +264,17 @@ fn fuzz(secs: u64, only: &[String]) -> Result<(), String> {
         run(&mut cmd)?;
     }
     Ok(())
+}
+
+/// The stateright model of core (`crates/core/tests/model_check.rs`), optimised, printing its state counts.
+fn model_check(deep: bool) -> Result<(), String> {
+    let which = if deep { "deep" } else { "quick" };
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "bff-session-core", "--test", "model_check", which, "--"]);
+    if deep {
+        cmd.arg("--ignored");
+    }
+    run(cmd.args(["--exact", "--nocapture"]))
 }
 
 fn bench() -> Result<(), String> {
