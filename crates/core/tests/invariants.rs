@@ -9,7 +9,7 @@ mod support;
 use bff_session_core::record::{self, DecodeError, Unsealed};
 use bff_session_core::{Command, Registry, Timestamp};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest_state_machine::ReferenceStateMachine;
 
 use support::assertions::{self as check, History};
@@ -38,7 +38,7 @@ fn drive(initial: Model, ops: &[Op], mut check: impl FnMut(&mut History, &Step, 
 }
 
 fn config() -> Config {
-    Config { cases: 256, failure_persistence: None, ..Config::default() }
+    Config { cases: 256, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/invariants.txt"))), ..Config::default() }
 }
 
 proptest! {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bff_session_core::login::{LoginKey, LoginPolicy, LoginRefusal, LoginSecrets, LoginState, Logins};
 use bff_session_core::{Secret, Timestamp};
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -51,7 +52,10 @@ struct Entry {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/logins.txt"))),
+        ..ProptestConfig::with_cases(512)
+    })]
 
     /// `login_single_use_ttl_bounded`: a login redeems at most once, only before its lifetime is over, the
     /// table never holds more than its capacity, and it evicts the oldest login first.

@@ -8,7 +8,7 @@
 mod support;
 
 use bff_session_core::Registry;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest_state_machine::{StateMachineTest, prop_state_machine};
 
 use support::assertions::{History, check_step};
@@ -42,7 +42,7 @@ impl<P: PolicyChoice> StateMachineTest for AgainstModel<P> {
 }
 
 fn config() -> Config {
-    Config { cases: 256, failure_persistence: None, ..Config::default() }
+    Config { cases: 256, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/model.txt"))), ..Config::default() }
 }
 
 prop_state_machine! {

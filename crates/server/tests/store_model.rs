@@ -25,7 +25,7 @@ use bff_session_server::oidc::{OidcError, TokenEndpoint};
 use bff_session_server::seal::TokenSealer;
 use bff_session_server::service::{Applied, Service};
 use bff_session_server::store::{self, Location, PgStore, Store, StoreError};
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 use proptest_state_machine::{StateMachineTest, prop_state_machine};
 use support::driver::observe;
 use support::model::Model;
@@ -221,7 +221,7 @@ impl<P: PolicyChoice, B: Backend> StateMachineTest for AgainstModel<P, B> {
 }
 
 fn config(cases: u32) -> Config {
-    Config { cases, failure_persistence: None, ..Config::default() }
+    Config { cases, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/store_model.txt"))), ..Config::default() }
 }
 
 prop_state_machine! {
