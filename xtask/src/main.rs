@@ -22,6 +22,8 @@ commands:
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
   fuzz [SECS] [T..]  run fuzz targets on nightly for SECS seconds each (default 60, all targets)
+  test               the whole test suite (`cargo test --workspace`), ending with how many PostgreSQL tests were
+                     skipped for want of a server, and how to run them
   model-check [--deep]
                      stateright over core (release build): every invariant on every behaviour up to the
                      quick bound (also part of `cargo test`), or the deep one with --deep
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             let skip = usize::from(args.get(1).is_some_and(|s| s.parse::<u64>().is_ok()));
             fuzz(secs, &args[1 + skip..])
         }
+        Some("test") => test(),
         Some("model-check") => model_check(args.get(1).is_some_and(|a| a == "--deep")),
         Some("bench") => bench(),
         Some("mutants") => mutants(),
@@ -262,6 +265,30 @@ fn fuzz(secs: u64, only: &[String]) -> Result<(), String> {
             .arg(&corpus)
             .args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=4096"]);
         run(&mut cmd)?;
+    }
+    Ok(())
+}
+
+/// `cargo test --workspace`, then one line on the PostgreSQL tests: a test that needs PostgreSQL and finds
+/// none leaves a marker in target/test-skips/postgres/, and those are counted here, so a skip is never silent.
+fn test() -> Result<(), String> {
+    let marks = root().join("target").join("test-skips");
+    let _ = fs::remove_dir_all(&marks);
+    let result = run(cargo().args(["test", "--workspace"]));
+    let mut skipped: Vec<String> = fs::read_dir(marks.join("postgres"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    skipped.sort();
+    result?;
+    if skipped.is_empty() {
+        println!("xtask test: every PostgreSQL test ran");
+    } else {
+        println!(
+            "xtask test: {} PostgreSQL tests SKIPPED ({}): no PostgreSQL server binaries and no BFF_TEST_POSTGRES; \
+             install postgresql (Debian: apt-get install postgresql) or set BFF_TEST_POSTGRES=postgres://USER@HOST/DB",
+            skipped.len(),
+            skipped.join(", ")
+        );
     }
     Ok(())
 }

@@ -136,7 +136,7 @@ async fn a_provider_outage_loses_no_session() {
 /// logged out, and a revoked session still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_cannot_be_written_fails_closed() {
-    let Some(pg) = cluster::postgres_base() else { return };
+    let Some(pg) = cluster::postgres_base("faults::a_store_that_cannot_be_written_fails_closed") else { return };
     let db = cluster::fresh_database(&pg, "bff_t_write_fault").await;
     let port = cluster::free_port();
     let base = format!("http://127.0.0.1:{port}");

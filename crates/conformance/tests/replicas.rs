@@ -30,7 +30,7 @@ impl Pair {
 }
 
 async fn pair(db: &str, policy: &str) -> Option<Pair> {
-    let base_url = cluster::postgres_base()?;
+    let base_url = cluster::postgres_base(&format!("replicas::{db}"))?;
     let db_url = cluster::fresh_database(&base_url, db).await;
     let (switch, relayed) = Relay::for_database(&db_url).await;
     let dir = tempfile::tempdir().unwrap();

@@ -38,7 +38,11 @@ fn drive(initial: Model, ops: &[Op], mut check: impl FnMut(&mut History, &Step, 
 }
 
 fn config() -> Config {
-    Config { cases: 256, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/invariants.txt"))), ..Config::default() }
+    Config {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/invariants.txt"))),
+        ..Config::default()
+    }
 }
 
 proptest! {

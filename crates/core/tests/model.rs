@@ -42,7 +42,11 @@ impl<P: PolicyChoice> StateMachineTest for AgainstModel<P> {
 }
 
 fn config() -> Config {
-    Config { cases: 256, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/model.txt"))), ..Config::default() }
+    Config {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/model.txt"))),
+        ..Config::default()
+    }
 }
 
 prop_state_machine! {

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod postgres;
 #[path = "../../core/tests/support/mod.rs"]
 mod support;
 
@@ -134,18 +135,11 @@ impl Backend for Sled {
     }
 }
 
-/// A database of its own for test `name`, created once per process on the server `BFF_TEST_POSTGRES`
-/// names, so tests running in parallel never share tables.
+/// A database of its own for test `name`, created once per process on the PostgreSQL server the tests use
+/// (see `postgres/mod.rs`), so tests running in parallel never share tables.
 fn postgres_url(name: &str) -> Option<String> {
     static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let base = std::env::var("BFF_TEST_POSTGRES").ok().filter(|u| !u.is_empty());
-    let Some(base) = base else {
-        assert!(
-            std::env::var("BFF_REQUIRE_POSTGRES").is_err(),
-            "BFF_REQUIRE_POSTGRES is set but BFF_TEST_POSTGRES is not"
-        );
-        return None;
-    };
+    let base = postgres::base(&format!("store_model::{name}"))?;
     let db =
         format!("bff_t_{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>())
             .to_ascii_lowercase();
@@ -221,7 +215,11 @@ impl<P: PolicyChoice, B: Backend> StateMachineTest for AgainstModel<P, B> {
 }
 
 fn config(cases: u32) -> Config {
-    Config { cases, failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/store_model.txt"))), ..Config::default() }
+    Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/store_model.txt"))),
+        ..Config::default()
+    }
 }
 
 prop_state_machine! {
@@ -254,7 +252,7 @@ prop_state_machine! {
 
 #[test]
 fn migrations_are_versioned_and_idempotent() {
-    let Some(url) = postgres_url("migrations") else { return eprintln!("skipped: BFF_TEST_POSTGRES is not set") };
+    let Some(url) = postgres_url("migrations") else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let location = Location::Postgres(url);
     for _ in 0..3 {
@@ -267,7 +265,7 @@ fn migrations_are_versioned_and_idempotent() {
 /// The database refuses to make a tombstone active again, whatever version a writer presents.
 #[test]
 fn a_tombstone_cannot_be_overwritten_in_postgres() {
-    let Some(url) = postgres_url("tombstone") else { return eprintln!("skipped: BFF_TEST_POSTGRES is not set") };
+    let Some(url) = postgres_url("tombstone") else { return };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let policy = Policy::hardened();
     let store =

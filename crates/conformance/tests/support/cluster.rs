@@ -15,18 +15,13 @@ use bff_session_server::store::Location;
 use bytes::Bytes;
 use warp::Filter as _;
 
-/// The PostgreSQL server the tests may use, or `None` (and the test is skipped) when `BFF_TEST_POSTGRES`
-/// is unset. `.ci/run` sets it, and `BFF_REQUIRE_POSTGRES` so that a missing database fails instead.
-pub fn postgres_base() -> Option<String> {
-    let base = std::env::var("BFF_TEST_POSTGRES").ok().filter(|u| !u.is_empty());
-    if base.is_none() {
-        assert!(
-            std::env::var("BFF_REQUIRE_POSTGRES").is_err(),
-            "BFF_REQUIRE_POSTGRES is set but BFF_TEST_POSTGRES is not"
-        );
-        eprintln!("skipped: BFF_TEST_POSTGRES is not set");
-    }
-    base
+#[path = "../../../server/tests/postgres/mod.rs"]
+mod postgres;
+
+/// The PostgreSQL server the tests may use (see `crates/server/tests/postgres/mod.rs`): `BFF_TEST_POSTGRES`, or
+/// a throwaway cluster of this process's own; `None`, visibly, when neither is possible.
+pub fn postgres_base(test: &str) -> Option<String> {
+    postgres::base(test)
 }
 
 /// A fresh database named `name` on that server; its URL.
