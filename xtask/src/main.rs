@@ -27,6 +27,7 @@ commands:
   model-check [--deep]
                      stateright over core (release build): every invariant on every behaviour up to the
                      quick bound (also part of `cargo test`), or the deep one with --deep
+  constant-time      dudect t-tests of the CSRF check and the session lookup (a benchmark, never a test)
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
   mutants            cargo-mutants over core's lifecycle, registry and csrf modules";
 
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("model-check") => model_check(args.get(1).is_some_and(|a| a == "--deep")),
+        Some("constant-time") => run(cargo().args(["bench", "-p", "bff-session-benches", "--bench", "constant_time"])),
         Some("bench") => bench(),
         Some("mutants") => mutants(),
         _ => Err(USAGE.to_owned()),
