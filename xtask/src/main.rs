@@ -46,7 +46,9 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("model-check") => model_check(args.get(1).is_some_and(|a| a == "--deep")),
-        Some("constant-time") => run(cargo().args(["bench", "-p", "bff-session-benches", "--bench", "constant_time"])),
+        Some("constant-time") => {
+            run(cargo().args(["run", "--release", "-p", "bff-session-benches", "--bin", "constant_time"]))
+        }
         Some("bench") => bench(),
         Some("mutants") => mutants(),
         _ => Err(USAGE.to_owned()),

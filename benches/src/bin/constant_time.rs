@@ -8,7 +8,8 @@
 //!   unknown IDs (Right), looked up in a registry of 10,000 sessions. The lookup is by the ID's SHA-256, so
 //!   nearness to a stored ID must not show.
 //!
-//! `cargo xtask constant-time` runs it (optimised) and prints the t-values.
+//! `cargo xtask constant-time` runs it (optimised) and prints the t-values; `--continuous csrf_verify` keeps
+//! sampling until interrupted.
 
 use bff_session_core::lifecycle::{Login, NewSession};
 use bff_session_core::{Device, Policy, Registry, SessionId, Timestamp, UserId, csrf};
