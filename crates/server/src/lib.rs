@@ -44,7 +44,7 @@ pub enum StartError {
         path: std::path::PathBuf,
         error: String,
     },
-    TokenKey(String),
+    TokenKey(seal::KeyFileError),
     Store(store::StoreError),
     Listen {
         addr: SocketAddr,
@@ -134,8 +134,7 @@ pub async fn start_with_shutdown(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| StartError::DataFolder { path: settings.data_dir.clone(), error: e.to_string() })?;
     let key_file = settings.key_file.clone().unwrap_or_else(|| settings.data_dir.join("token.key"));
-    let sealer = seal::TokenSealer::from_file(&key_file, settings.key_file.is_none())
-        .map_err(|e| StartError::TokenKey(e.to_string()))?;
+    let sealer = seal::TokenSealer::from_file(&key_file, settings.key_file.is_none()).map_err(StartError::TokenKey)?;
     let location =
         settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
     let store = store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)

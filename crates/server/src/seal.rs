@@ -17,11 +17,11 @@ use rand::RngExt as _;
 const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 24;
 
-/// Why the key file cannot be used.
-#[derive(Debug)]
+/// Why the key file cannot be used. The I/O cause is kept as its text, so errors compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyFileError {
-    Read { path: PathBuf, error: std::io::Error },
-    Create { path: PathBuf, error: std::io::Error },
+    Read { path: PathBuf, error: String },
+    Create { path: PathBuf, error: String },
     Length { path: PathBuf, found: usize },
 }
 
@@ -67,10 +67,11 @@ impl TokenSealer {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let key: [u8; KEY_LEN] = rand::rng().random();
-                write_private(path, &key).map_err(|error| KeyFileError::Create { path: path.to_owned(), error })?;
+                write_private(path, &key)
+                    .map_err(|e| KeyFileError::Create { path: path.to_owned(), error: e.to_string() })?;
                 Ok(Self::from_key(key))
             }
-            Err(error) => Err(KeyFileError::Read { path: path.to_owned(), error }),
+            Err(e) => Err(KeyFileError::Read { path: path.to_owned(), error: e.to_string() }),
         }
     }
 }
