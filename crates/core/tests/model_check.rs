@@ -29,6 +29,7 @@ use bff_session_core::{
 use stateright::{Checker, Model, Property};
 use support::assertions::{self as check, History};
 use support::driver::Step;
+use support::model::tiny_policy;
 
 const ISS: &str = "https://idp.test";
 const DEVICES: u8 = 2;
@@ -117,25 +118,6 @@ struct Bff {
     horizon: usize,
     /// Whether a device may sign in again over its own session.
     resign: bool,
-}
-
-fn policy() -> Policy {
-    let s = Duration::from_secs;
-    Policy {
-        absolute_lifetime: s(3600),
-        idle_timeout: Some(s(600)),
-        touch_interval: s(60),
-        refresh_margin: s(30),
-        background_interval: s(10),
-        background_window: s(60),
-        background_recent_use: s(300),
-        assumed_token_lifetime: s(300),
-        refresh_lease: s(10),
-        refresh_backoff_base: s(1),
-        refresh_backoff_max: s(16),
-        tombstone_retention: s(300),
-        clock_skew: s(5),
-    }
 }
 
 impl World {
@@ -412,7 +394,7 @@ fn check(depth: usize, horizon: usize, resign: bool) {
     // The invariants report by panicking; a caught panic is a recorded violation, not noise.
     std::panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
-    let checker = Bff { policy: policy(), horizon, resign }
+    let checker = Bff { policy: tiny_policy(), horizon, resign }
         .checker()
         .threads(std::thread::available_parallelism().map_or(1, usize::from))
         .target_max_depth(depth)
