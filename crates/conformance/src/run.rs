@@ -193,11 +193,14 @@ impl Harness {
         })
     }
 
-    /// Waits until the target answers HTTP at all (any status), up to `timeout`.
+    /// Waits until the target answers HTTP with anything but 503, up to `timeout`: a server may listen
+    /// before it is ready (this repository's answers 503 until it has read its provider's discovery document),
+    /// and a sequence that starts then would report the start-up as a divergence.
     pub async fn wait_for_target(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.http.get(format!("{}/", self.options.target)).send().await.is_ok() {
+            let answer = self.http.get(format!("{}/", self.options.target)).send().await;
+            if answer.is_ok_and(|r| r.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -205,8 +208,16 @@ impl Harness {
         false
     }
 
-    /// Executes one sequence; `Err` at the first divergence.
+    /// Executes one sequence; `Err` at the first divergence, which is also kept to report the shrunk one.
     pub async fn execute(&self, steps: &[Step]) -> Result<(), Divergence> {
+        let result = self.execute_once(steps).await;
+        if let Err(d) = &result {
+            *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d.clone());
+        }
+        result
+    }
+
+    async fn execute_once(&self, steps: &[Step]) -> Result<(), Divergence> {
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         let policy = &self.options.policy;
         // Past every earlier sequence's absolute deadlines, so their sessions can only be swept, never
@@ -267,9 +278,6 @@ impl Harness {
         // The next sequence starts after everything this one reached.
         let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         *next = (*next).max(oracle.now().saturating_add(gap));
-        if let Err(d) = &result {
-            *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d.clone());
-        }
         result
     }
 
