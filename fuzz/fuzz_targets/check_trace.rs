@@ -1,16 +1,7 @@
-//! Checking an arbitrary audit trail: a verdict or an error, never a panic; the same text always gets the
-//! same verdict, and a violation names a line that exists.
+//! Checking an arbitrary audit trail: a verdict or an error, never a panic.
+//! The property lives in core's test support (`support::fuzz`), where `cargo test` replays every kept input.
 #![no_main]
 
-use bff_session_core::Policy;
-use bff_session_core::trace::check;
-use libfuzzer_sys::fuzz_target;
+mod support;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let verdict = check(text, Some(Policy::hardened()));
-    assert_eq!(verdict, check(text, Some(Policy::hardened())));
-    if let Ok(Err(violation)) = &verdict {
-        assert!(violation.line >= 1 && violation.line <= text.lines().count());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| support::fuzz::check_trace(data));

@@ -10,18 +10,21 @@ use std::process::{Command, ExitCode};
 
 const FUZZ_TARGETS: [&str; 6] =
     ["lifecycle", "cookie_header", "client_ip", "return_path", "record_decode", "check_trace"];
-const MUTATED: [&str; 3] = ["crates/core/src/lifecycle.rs", "crates/core/src/registry.rs", "crates/core/src/csrf.rs"];
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci                 lint, conformance, then every fuzz target for 60 s (what .ci/run runs after the tests)
+  ci                 lint, conformance, every fuzz target for 60 s, then mutants --in-diff (what .ci/run runs
+                     after the tests)
   lint               fmt check and clippy -D warnings only
   browser            the demo in headless chromium over WebDriver (installs chromium and chromium-driver)
   interop            the server against panva's oidc-provider (npm; installs Node and the package if missing)
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
-  fuzz [SECS] [T..]  run fuzz targets on nightly for SECS seconds each (default 60, all targets)
+  fuzz [--minimize] [SECS] [T..]
+                     run fuzz targets on nightly for SECS seconds each (default 60, all targets) on their
+                     committed corpora; --minimize then shrinks each corpus (cargo fuzz cmin) for committing.
+                     A crash is filed in fuzz/regressions/TARGET/, which core's fuzz_replay test replays
   test               the whole test suite (`cargo test --workspace`), ending with how many PostgreSQL tests were
                      skipped for want of a server, and how to run them
   model-check [--deep]
@@ -29,20 +32,27 @@ commands:
                      quick bound (also part of `cargo test`), or the deep one with --deep
   constant-time      dudect t-tests of the CSRF check and the session lookup (a benchmark, never a test)
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
-  mutants            cargo-mutants over core's lifecycle, registry and csrf modules";
+  mutants [--in-diff [BASE]]
+                     cargo-mutants over every module of core; with --in-diff only the lines core changed
+                     since BASE (default: the merge base with origin/main, else HEAD~1), at most 80 mutants";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") => lint().and_then(|()| conformance(200)).and_then(|()| fuzz(60, &[])),
+        Some("ci") => lint()
+            .and_then(|()| conformance(200))
+            .and_then(|()| fuzz(60, false, &[]))
+            .and_then(|()| mutants(Some(None))),
         Some("interop") => interop(),
         Some("browser") => browser(),
         Some("conformance") => conformance(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200)),
         Some("lint") => lint(),
         Some("fuzz") => {
-            let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
-            let skip = usize::from(args.get(1).is_some_and(|s| s.parse::<u64>().is_ok()));
-            fuzz(secs, &args[1 + skip..])
+            let minimize = args.get(1).is_some_and(|a| a == "--minimize");
+            let rest = &args[1 + usize::from(minimize)..];
+            let secs = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+            let skip = usize::from(rest.first().is_some_and(|s| s.parse::<u64>().is_ok()));
+            fuzz(secs, minimize, &rest[skip..])
         }
         Some("test") => test(),
         Some("model-check") => model_check(args.get(1).is_some_and(|a| a == "--deep")),
@@ -50,7 +60,11 @@ fn main() -> ExitCode {
             run(cargo().args(["run", "--release", "-p", "bff-session-benches", "--bin", "constant_time"]))
         }
         Some("bench") => bench(),
-        Some("mutants") => mutants(),
+        Some("mutants") => match args.get(1).map(String::as_str) {
+            Some("--in-diff") => mutants(Some(args.get(2).map(String::as_str))),
+            None => mutants(None),
+            Some(other) => Err(format!("mutants: unknown argument {other}\n{USAGE}")),
+        },
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -253,24 +267,61 @@ fn core_stays_sans_io() -> Result<(), String> {
     Ok(())
 }
 
-fn fuzz(secs: u64, only: &[String]) -> Result<(), String> {
+/// Runs each fuzz target for `secs` seconds on its committed corpus, then (with `minimize`) shrinks the
+/// corpus to the smallest set with the same coverage, ready to commit. A crash is filed under
+/// `fuzz/regressions/TARGET/`, where core's `fuzz_replay` test replays it from then on.
+fn fuzz(secs: u64, minimize: bool, only: &[String]) -> Result<(), String> {
     ensure_installed("fuzz", "cargo-fuzz")?;
     let targets: Vec<&str> =
         if only.is_empty() { FUZZ_TARGETS.to_vec() } else { only.iter().map(String::as_str).collect() };
     let fuzz_dir = root().join("fuzz");
-    for target in targets {
-        let corpus = fuzz_dir.join("corpus").join(target);
-        fs::create_dir_all(&corpus).map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
+    let nightly_fuzz = |args: &[&str]| {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&fuzz_dir)
             // A stable toolchain's failure to build cached in this file would outlive switching to nightly.
             .env("CARGO_CACHE_RUSTC_INFO", "0")
-            .args(["+nightly", "fuzz", "run", target])
-            .arg(&corpus)
-            .args(["--", &format!("-max_total_time={secs}"), "-rss_limit_mb=4096"]);
-        run(&mut cmd)?;
+            .args(["+nightly", "fuzz"])
+            .args(args);
+        cmd
+    };
+    for target in targets {
+        let corpus = fuzz_dir.join("corpus").join(target);
+        fs::create_dir_all(&corpus).map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
+        let corpus_arg = corpus.display().to_string();
+        let fuzzed = run(nightly_fuzz(&["run", target, &corpus_arg]).args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-rss_limit_mb=4096",
+        ]));
+        if let Err(e) = fuzzed {
+            let filed = file_crashes(&fuzz_dir, target)?;
+            return Err(format!(
+                "{e}\nxtask: the crash is filed as {}; commit it: `cargo test -p bff-session-core --test fuzz_replay` \
+                 replays it from now on",
+                filed.join(", ")
+            ));
+        }
+        if minimize {
+            run(&mut nightly_fuzz(&["cmin", target, &corpus_arg]))?;
+        }
     }
     Ok(())
+}
+
+/// Copies the fuzzer's artifacts for `target` into `fuzz/regressions/target/`, named as cargo-fuzz named them.
+fn file_crashes(fuzz_dir: &Path, target: &str) -> Result<Vec<String>, String> {
+    let artifacts = fuzz_dir.join("artifacts").join(target);
+    let kept = fuzz_dir.join("regressions").join(target);
+    fs::create_dir_all(&kept).map_err(|e| format!("cannot create {}: {e}", kept.display()))?;
+    let mut filed = Vec::new();
+    for entry in fs::read_dir(&artifacts).map_err(|e| format!("cannot read {}: {e}", artifacts.display()))?.flatten() {
+        let to = kept.join(entry.file_name());
+        if !to.exists() {
+            fs::copy(entry.path(), &to).map_err(|e| format!("cannot copy to {}: {e}", to.display()))?;
+            filed.push(to.display().to_string());
+        }
+    }
+    Ok(filed)
 }
 
 /// `cargo test --workspace`, then one line on the PostgreSQL tests: a test that needs PostgreSQL and finds
@@ -476,12 +527,67 @@ fn human(ns: f64) -> String {
     }
 }
 
-fn mutants() -> Result<(), String> {
+/// cargo-mutants over every module of core, with optimised tests (`profile.mutants`). With a base, only the
+/// mutants in lines core changed since that commit, at most `MUTANTS_IN_DIFF_CAP` of them (evenly spread), so
+/// the run is bounded; CI passes none and gets the merge base with `origin/main`, or the last commit on a
+/// clone whose upstream is HEAD itself.
+fn mutants(in_diff: Option<Option<&str>>) -> Result<(), String> {
     ensure_installed("mutants", "cargo-mutants")?;
+    let base_args = ["mutants", "-p", "bff-session-core", "--profile", "mutants", "--timeout", "90"];
+    let Some(base) = in_diff else { return run(cargo().args(base_args)) };
+    let base = match base {
+        Some(b) => b.to_owned(),
+        None => merge_base()?,
+    };
+    let diff = git(&["diff", &base, "--", "crates/core/src"])?;
+    if diff.trim().is_empty() {
+        println!("xtask mutants: core is unchanged since {base}; no mutants to test");
+        return Ok(());
+    }
+    let out = root().join("target").join("mutants");
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let diff_file = out.join("core.diff");
+    fs::write(&diff_file, diff).map_err(|e| format!("cannot write {}: {e}", diff_file.display()))?;
+    let diff_arg = diff_file.display().to_string();
+    let listed = cargo()
+        .args(base_args)
+        .args(["--in-diff", &diff_arg, "--list"])
+        .output()
+        .map_err(|e| format!("cannot list mutants: {e}"))?;
+    let count = String::from_utf8_lossy(&listed.stdout).lines().count();
+    let shards = count.div_ceil(MUTANTS_IN_DIFF_CAP).max(1);
+    println!(
+        "xtask mutants: {count} mutants in core's lines changed since {base}; testing {} of them",
+        count.div_ceil(shards)
+    );
     let mut cmd = cargo();
-    cmd.args(["mutants", "-p", "bff-session-core", "--timeout", "120"]);
-    for file in MUTATED {
-        cmd.args(["-f", file]);
+    cmd.args(base_args).args(["--in-diff", &diff_arg, "--output", &out.display().to_string()]);
+    if shards > 1 {
+        cmd.args(["--shard", &format!("0/{shards}"), "--sharding", "round-robin"]);
     }
     run(&mut cmd)
+}
+
+/// The most mutants `cargo xtask mutants --in-diff` tests: about ten minutes on two cores.
+const MUTANTS_IN_DIFF_CAP: usize = 80;
+
+fn merge_base() -> Result<String, String> {
+    let head = git(&["rev-parse", "HEAD"])?;
+    let base = git(&["merge-base", "HEAD", "origin/main"]).unwrap_or_default();
+    if !base.trim().is_empty() && base.trim() != head.trim() {
+        return Ok(base.trim().to_owned());
+    }
+    Ok(git(&["rev-parse", "HEAD~1"])?.trim().to_owned())
+}
+
+fn git(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .current_dir(root())
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run git {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -3,5 +3,6 @@
 
 pub mod assertions;
 pub mod driver;
+pub mod fuzz;
 pub mod model;
 pub mod strategies;

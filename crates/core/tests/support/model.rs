@@ -203,6 +203,9 @@ pub struct Model {
     pub tickets: Vec<RefreshTicket>,
     pub counter: u64,
     pub last: Option<(Option<Command>, Expect)>,
+    /// How strongly a generated sequence follows [`Model::chain_step`], out of 8 (0: never). Chosen once per
+    /// sequence, so some sequences wander and others drive one session through a long rotation chain.
+    pub focus: u32,
 }
 
 /// Small numbers everywhere, so that short sequences reach every deadline and back-off.
@@ -244,7 +247,36 @@ impl Model {
             tickets: Vec::new(),
             counter: 0,
             last: None,
+            focus: 0,
         }
+    }
+
+    /// The op that takes the newest session one step further along its rotation chain: complete its
+    /// outstanding refresh with a rotated token, else move the clock to when a refresh is due (or its
+    /// back-off ends), else begin one. Random ops alone seldom chain more than a few rotations, and rules
+    /// keyed to later generations went unseen. `None` once the newest session cannot refresh.
+    pub fn chain_step(&self) -> Option<Op> {
+        let key = self.ids.last()?.key();
+        let s = self.sessions.get(&key)?;
+        if s.end.is_some() || self.now >= self.expiry(s).0 {
+            return None;
+        }
+        let lifetime = ms(self.policy.assumed_token_lifetime) / 2;
+        if let Some((generation, _)) = s.lease.filter(|&(_, until)| self.now < until) {
+            let newest = self.tickets.last()?;
+            if newest.key == key && newest.generation == generation {
+                return Some(Op::CompleteRefresh(
+                    Pick::Newest(0),
+                    ResultOp::Success { expires_in: Some(lifetime), rotate: true, refresh_expires_in: None },
+                ));
+            }
+            return None;
+        }
+        let due = self.refresh_from(s, self.policy.refresh_margin)?.max(s.retry_at.unwrap_or(0));
+        if self.now < due {
+            return Some(Op::Advance(due - self.now));
+        }
+        Some(Op::BeginRefresh(Pick::Newest(0), Trigger::Request))
     }
 
     fn id(&self, i: Pick) -> SessionId {
