@@ -8,6 +8,10 @@
 //!   unknown IDs (Right), looked up in a registry of 10,000 sessions. The lookup is by the ID's SHA-256, so
 //!   nearness to a stored ID must not show.
 //!
+//! - `session_lookup_control`: the same lookup with both classes drawn alike (random unknown IDs), an A/A
+//!   test: whatever |t| it reaches is this harness's own bias on this machine, the yardstick for the other
+//!   two.
+//!
 //! `cargo xtask constant-time` runs it (optimised) and prints the t-values; `--continuous csrf_verify` keeps
 //! sampling until interrupted.
 
@@ -54,6 +58,15 @@ fn csrf_verify(runner: &mut CtRunner, rng: &mut BenchRng) {
 }
 
 fn session_lookup(runner: &mut CtRunner, rng: &mut BenchRng) {
+    lookup(runner, rng, true);
+}
+
+fn session_lookup_control(runner: &mut CtRunner, rng: &mut BenchRng) {
+    lookup(runner, rng, false);
+}
+
+/// Left IDs are one bit away from a stored one when `near`, random like Right ones otherwise.
+fn lookup(runner: &mut CtRunner, rng: &mut BenchRng, near: bool) {
     let policy = Policy::hardened();
     let now = Timestamp::from_millis(1_700_000_000_000);
     let mut registry = Registry::new(policy).expect("valid policy");
@@ -69,12 +82,12 @@ fn session_lookup(runner: &mut CtRunner, rng: &mut BenchRng) {
     for _ in 0..SAMPLES {
         let class = class(rng);
         let id = match class {
-            Class::Left => {
+            Class::Left if near => {
                 let mut bytes = stored[rng.random_range(0..stored.len())];
                 bytes[31] ^= 1;
                 SessionId::from_random_bytes(bytes)
             }
-            Class::Right => random_id(rng),
+            Class::Left | Class::Right => random_id(rng),
         };
         inputs.push((class, id.encode()));
     }
@@ -84,4 +97,4 @@ fn session_lookup(runner: &mut CtRunner, rng: &mut BenchRng) {
     }
 }
 
-ctbench_main!(csrf_verify, session_lookup);
+ctbench_main!(csrf_verify, session_lookup, session_lookup_control);
