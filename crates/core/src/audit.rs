@@ -257,4 +257,33 @@ mod tests {
             Some(Event::Revoked { reason: RevocationReason::Logout })
         );
     }
+
+    /// A renewal that moves the lease is named; one that moves nothing is no event (and writes nothing); a
+    /// first refresh with no failure before it is a success, not a failure.
+    #[test]
+    fn renewals_and_a_clean_refresh_are_named() {
+        let policy = Policy::hardened();
+        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
+        let new = NewSession {
+            id: SessionId::from_random_bytes([2; 32]),
+            user: UserId::new("u"),
+            login: Login::Oidc { identity, grant: grant() },
+            device: Device::default(),
+        };
+        let t0 = Timestamp::from_millis(1_000_000);
+        let mut s = lifecycle::create(&new, t0, &policy).outcome;
+        let t1 = t0.saturating_add(Duration::from_secs(560));
+        let ticket = lifecycle::begin_refresh(Some(&mut s), Trigger::Request, t1, &policy).outcome.unwrap();
+        let before = s.clone();
+        let later = t1.saturating_add(Duration::from_secs(1));
+        assert!(lifecycle::renew_lease(Some(&mut s), &ticket, later, &policy).outcome.is_ok());
+        assert_eq!(Event::between(Some(&before), &s), Some(Event::LeaseRenewed));
+        assert_eq!(Event::between(Some(&s), &s.clone()), None, "an unchanged record is no event");
+        let before = s.clone();
+        drop(lifecycle::complete_refresh(Some(&mut s), &ticket, RefreshResult::Success(grant()), later, &policy));
+        assert_eq!(
+            Event::between(Some(&before), &s),
+            Some(Event::RefreshSucceeded { access_expires_at: later.as_millis() + 600_000 })
+        );
+    }
 }

@@ -165,4 +165,14 @@ mod tests {
         );
         assert_eq!(TrustedProxies::parse(""), Ok(TrustedProxies::none()));
     }
+
+    #[test]
+    fn a_bad_entry_is_named_in_the_error() {
+        let err = TrustedProxies::parse("10.0.0.0/8, proxy.local").unwrap_err();
+        assert_eq!(err, TrustedProxyError { entry: "proxy.local".into() });
+        assert_eq!(
+            err.to_string(),
+            "trusted proxy \"proxy.local\" is not an IP address or CIDR network (like 10.0.0.0/8)"
+        );
+    }
 }

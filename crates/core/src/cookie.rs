@@ -199,4 +199,31 @@ mod tests {
         let set = c.set(Kind::Csrf, "p", Duration::from_secs(10 * 365 * 86_400));
         assert!(set.contains("Max-Age=34560000;"), "{set}");
     }
+
+    /// The size limit is exactly 16 KiB: a header of that length is read, one byte more is refused, and the
+    /// refusal says how long it was.
+    #[test]
+    fn the_size_limit_is_exact() {
+        let pad = |len: usize| format!("{NAME}=abc; p={}", "x".repeat(len - NAME.len() - 8));
+        let at_limit = pad(MAX_COOKIE_HEADER_BYTES);
+        assert_eq!(at_limit.len(), 16 * 1024);
+        assert_eq!(find([at_limit.as_str()], NAME), Ok(Some("abc")));
+        let over = pad(MAX_COOKIE_HEADER_BYTES + 1);
+        let refused = find([over.as_str()], NAME);
+        assert_eq!(refused, Err(CookieError::TooLarge { len: 16 * 1024 + 1 }));
+        assert_eq!(
+            refused.map_err(|e| e.to_string()),
+            Err("cookie headers are 16385 bytes, more than the 16384 accepted".to_owned())
+        );
+        assert_eq!(
+            CookieError::Duplicate { name: NAME.into() }.to_string(),
+            "cookie __Host-bff-session is present more than once"
+        );
+    }
+
+    #[test]
+    fn secure_is_what_it_was_built_with() {
+        assert!(Cookies::new(true).is_secure());
+        assert!(!Cookies::new(false).is_secure());
+    }
 }

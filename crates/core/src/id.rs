@@ -224,4 +224,15 @@ mod tests {
         let s = Secret::new("eyJhbGciOi.secret");
         assert_eq!(format!("{s:?}"), "Secret(<17 bytes>)");
     }
+
+    /// Debug output is for logs: it shows the key (a hash), never the ID a browser holds.
+    #[test]
+    fn debug_shows_the_key_not_the_id() {
+        let id = SessionId::from_random_bytes([9; 32]);
+        let shown = format!("{id:?}");
+        assert_eq!(shown, format!("SessionId({})", id.key()));
+        assert!(!shown.contains(&id.encode()));
+        let key = SessionKey::from_bytes([0xab; 32]);
+        assert_eq!(key.to_string(), "ab".repeat(12), "the first 12 bytes, in hex");
+    }
 }
