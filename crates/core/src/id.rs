@@ -143,7 +143,8 @@ impl Handle {
     pub fn parse(s: &str) -> Option<Self> {
         let mut out = [0u8; 16];
         match URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), &mut out) {
-            Ok(16) if s.len() == 22 => Some(Self(out)),
+            // Only 22 unpadded characters decode to exactly 16 bytes; padding is refused by the engine.
+            Ok(16) => Some(Self(out)),
             _ => None,
         }
     }
@@ -234,5 +235,19 @@ mod tests {
         assert!(!shown.contains(&id.encode()));
         let key = SessionKey::from_bytes([0xab; 32]);
         assert_eq!(key.to_string(), "ab".repeat(12), "the first 12 bytes, in hex");
+    }
+
+    #[test]
+    fn handles_parse_only_their_own_form() {
+        let handle = SessionId::from_random_bytes([3; 32]).handle();
+        let shown = handle.to_string();
+        assert_eq!(shown.len(), 22);
+        assert_eq!(Handle::parse(&shown), Some(handle));
+        assert_eq!(format!("{handle:?}"), format!("Handle({shown})"));
+        for other in [&shown[..21], &format!("{shown}A"), &format!("{shown}AA"), &format!("{shown}=="), ""] {
+            assert_eq!(Handle::parse(other), None, "{other:?}");
+        }
+        let key = SessionKey::from_bytes([0x01; 32]);
+        assert_eq!(format!("{key:?}"), format!("SessionKey({})", "01".repeat(12)));
     }
 }

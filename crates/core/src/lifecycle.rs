@@ -201,8 +201,9 @@ pub fn authenticate(
 ) -> Transition<Result<Authenticated, Refusal>> {
     let mut t = on_record(session, Err(Refusal::Unknown), |s, effects| {
         let outcome = check(s, now, policy);
-        if matches!(outcome, Err(Refusal::Expired(_))) && s.is_active() {
-            // The same deadline check, now with its effect: the session ends as expired.
+        if matches!(outcome, Err(Refusal::Expired(_))) {
+            // The same deadline check, now with its effect: the session ends as expired (a record that had
+            // already ended is left as it was).
             let _ = ensure_live(s, now, policy, effects);
         }
         outcome
