@@ -269,3 +269,54 @@ impl Logins {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets() -> LoginSecrets {
+        LoginSecrets { state: Secret::new("s"), nonce: Secret::new("n"), verifier: Secret::new("v") }
+    }
+
+    /// The codes are the server's wire vocabulary (JSON `error` fields); the texts are what a person reads.
+    #[test]
+    fn refusals_have_fixed_codes_and_texts() {
+        let all = [LoginRefusal::Unknown, LoginRefusal::Used, LoginRefusal::Expired];
+        assert_eq!(all.map(LoginRefusal::code), ["login_unknown", "login_used", "login_expired"]);
+        assert_eq!(
+            all.map(|r| r.to_string()),
+            ["this login is unknown here", "this login was already completed", "this login took too long"]
+        );
+        let err = PendingLogin::decode(b"{").unwrap_err();
+        assert!(err.to_string().starts_with("pending login does not decode: "), "{err}");
+    }
+
+    /// A key is a hash of the cookie value: the same value gives the same key, its bytes are the hash, and
+    /// `Debug` shows only a prefix.
+    #[test]
+    fn keys_are_hashes_shown_by_prefix() {
+        let key = LoginKey::of_cookie("cookie-value");
+        assert_eq!(key, LoginKey::of_cookie("cookie-value"));
+        assert_ne!(key, LoginKey::of_cookie("cookie-valuf"));
+        assert_eq!(LoginKey::from_bytes(*key.as_bytes()), key);
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8 + 0xa0);
+        assert_eq!(LoginKey::from_bytes(bytes).as_bytes(), &bytes);
+        assert_eq!(format!("{:?}", LoginKey::from_bytes(bytes)), "LoginKey(a0a1a2a3…)");
+    }
+
+    #[test]
+    fn the_table_reports_what_it_holds() {
+        let policy = LoginPolicy { lifetime: Duration::from_secs(5), capacity: 3 };
+        let mut logins = Logins::new(policy.clone());
+        assert_eq!(logins.policy(), &policy);
+        assert!(logins.is_empty());
+        let key = LoginKey::from_bytes([1; 32]);
+        let now = Timestamp::from_millis(1_000);
+        assert!(logins.begin(key, secrets(), "/here".into(), now).is_empty());
+        assert!(!logins.is_empty());
+        assert_eq!(logins.len(), 1);
+        let pending = logins.get(&key).map(|l| (l.return_to.clone(), l.expires_at));
+        assert_eq!(pending, Some(("/here".to_owned(), Timestamp::from_millis(6_000))));
+        assert_eq!(logins.get(&LoginKey::from_bytes([2; 32])), None);
+    }
+}
