@@ -306,4 +306,51 @@ mod tests {
         let secs: Vec<u64> = [1, 2, 3, 4, 9, 10, 1000, u32::MAX].iter().map(|&f| p.backoff(f).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 256, 300, 300, 300]);
     }
+
+    #[test]
+    fn asvs_l2_touches_every_minute_and_refreshes_only_sessions_used_in_ten() {
+        let p = Policy::asvs_l2();
+        assert_eq!(p.touch_interval, Duration::from_secs(60));
+        assert_eq!(p.background_recent_use, Duration::from_secs(10 * 60));
+    }
+
+    /// The bounds are exact: the cookie-age cap itself is a valid lifetime, and "less than" refuses equality.
+    /// The refresh margin and the background window each count the clock skew.
+    #[test]
+    fn validation_bounds_are_exact() {
+        let p = Policy { absolute_lifetime: MAX_COOKIE_AGE, ..Policy::hardened() };
+        assert_eq!(p.validate(), Ok(()));
+        let p = Policy {
+            touch_interval: Duration::from_secs(3600),
+            absolute_lifetime: Duration::from_secs(3600),
+            idle_timeout: None,
+            ..Policy::hardened()
+        };
+        assert_eq!(p.validate(), Err(PolicyError::NotLess { smaller: "touch_interval", larger: "absolute_lifetime" }));
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        let p = Policy {
+            refresh_margin: minutes(3),
+            clock_skew: minutes(2),
+            background_window: minutes(1),
+            assumed_token_lifetime: minutes(5),
+            ..Policy::hardened()
+        };
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::NotLess { smaller: "refresh_margin", larger: "assumed_token_lifetime" })
+        );
+        let p = Policy {
+            refresh_margin: minutes(1),
+            clock_skew: minutes(2),
+            background_window: minutes(3),
+            assumed_token_lifetime: minutes(5),
+            ..Policy::hardened()
+        };
+        assert_eq!(
+            p.validate(),
+            Err(PolicyError::NotLess { smaller: "background_window", larger: "assumed_token_lifetime" })
+        );
+        let p = Policy { background_window: minutes(2), ..p };
+        assert_eq!(p.validate(), Ok(()));
+    }
 }
