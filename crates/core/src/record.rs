@@ -152,3 +152,77 @@ fn check(s: &Session) -> Result<(), DecodeError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ended::RevocationReason;
+    use crate::lifecycle::{self, Login, NewSession};
+    use crate::refresh::{Lease, TokenGrant};
+    use crate::session::{Device, OidcIdentity, UserId};
+    use crate::{Policy, Secret, SessionId, Timestamp};
+
+    fn oidc_session() -> Session {
+        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
+        let grant = TokenGrant {
+            access_token: Secret::new("a"),
+            expires_in: Some(Duration::from_secs(600)),
+            refresh_token: Some(Secret::new("r")),
+            refresh_expires_in: None,
+            id_token: None,
+        };
+        let new = NewSession {
+            id: SessionId::from_random_bytes([4; 32]),
+            user: UserId::new("u"),
+            login: Login::Oidc { identity, grant },
+            device: Device::default(),
+        };
+        lifecycle::create(&new, Timestamp::from_millis(1_000_000), &Policy::hardened()).outcome
+    }
+
+    fn decoded(s: &Session) -> Result<Session, DecodeError> {
+        decode(&encode(s, &Unsealed), &Unsealed)
+    }
+
+    fn inconsistent(what: &'static str) -> Result<Session, DecodeError> {
+        Err(DecodeError::Inconsistent { what })
+    }
+
+    /// A record that decodes but breaks a rule the transitions rely on is refused, each for its own reason;
+    /// the boundary cases that are consistent decode.
+    #[test]
+    fn inconsistent_records_are_refused() {
+        let fresh = oidc_session();
+        assert_eq!(decoded(&fresh), Ok(fresh.clone()));
+
+        let s = Session { version: 0, ..fresh.clone() };
+        assert_eq!(decoded(&s), inconsistent("version 0"));
+
+        let earlier = Timestamp::from_millis(fresh.created_at.as_millis() - 1);
+        let s = Session { absolute_deadline: earlier, ..fresh.clone() };
+        assert_eq!(decoded(&s), inconsistent("absolute deadline before creation"));
+        let s = Session { absolute_deadline: fresh.created_at, ..fresh.clone() };
+        assert_eq!(decoded(&s), Ok(s.clone()), "a deadline at creation is odd but consistent");
+
+        let s = Session { last_used_at: earlier, ..fresh.clone() };
+        assert_eq!(decoded(&s), inconsistent("last use before creation"));
+
+        let tombstone = State::Revoked { at: fresh.created_at, reason: RevocationReason::Logout };
+        let s = Session { state: tombstone, ..fresh.clone() };
+        assert_eq!(decoded(&s), inconsistent("tokens on a local session or a tombstone"));
+        let s = Session { provider: Provider::Local, ..fresh.clone() };
+        assert_eq!(decoded(&s), inconsistent("tokens on a local session or a tombstone"));
+
+        let lease = Some(Lease { generation: 1, expires_at: fresh.created_at });
+        let mut s = Session { state: tombstone, tokens: None, ..fresh.clone() };
+        s.refresh.generation = 1;
+        s.refresh.lease = lease;
+        assert_eq!(decoded(&s), inconsistent("refresh lease on a tombstone"));
+        let mut s = fresh.clone();
+        s.refresh.generation = 2;
+        s.refresh.lease = lease;
+        assert_eq!(decoded(&s), inconsistent("lease generation is not the last issued"));
+    }
+}

@@ -174,3 +174,15 @@ pub enum RefreshCompletion {
     /// The session ended while the call was in flight; new tokens are revoked at the provider.
     Discarded,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an operator reads in the log when a refresh fails.
+    #[test]
+    fn refresh_errors_say_what_happened() {
+        assert_eq!(RefreshError::InvalidGrant.to_string(), "the provider refused the refresh token (invalid_grant)");
+        assert_eq!(RefreshError::Transient.to_string(), "the provider could not be reached or failed");
+    }
+}
