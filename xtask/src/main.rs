@@ -292,6 +292,7 @@ fn fuzz(secs: u64, minimize: bool, only: &[String]) -> Result<(), String> {
             "--",
             &format!("-max_total_time={secs}"),
             "-rss_limit_mb=4096",
+            &format!("-max_len={}", max_len(target)),
         ]));
         if let Err(e) = fuzzed {
             let filed = file_crashes(&fuzz_dir, target)?;
@@ -306,6 +307,15 @@ fn fuzz(secs: u64, minimize: bool, only: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The longest input worth keeping: long enough for every rule a target checks (a trail of a few dozen
+/// lines, a command sequence of a few hundred ops), short enough that the committed corpora stay small.
+fn max_len(target: &str) -> usize {
+    match target {
+        "check_trace" => 4096,
+        _ => 2048,
+    }
 }
 
 /// Copies the fuzzer's artifacts for `target` into `fuzz/regressions/target/`, named as cargo-fuzz named them.

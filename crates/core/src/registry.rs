@@ -282,10 +282,11 @@ impl Registry {
         };
         let was_active = entry.session.is_active();
         let t = f(Some(&mut entry.session), &self.policy);
+        // A transition sees one record, so its store effects can only name that record's key.
         for effect in &t.effects {
             match effect {
-                Effect::Delete { key: deleted } if *deleted == key => self.remove(&key),
-                Effect::Persist { key: persisted, .. } if *persisted == key => {
+                Effect::Delete { .. } => self.remove(&key),
+                Effect::Persist { .. } => {
                     if let Some(entry) = self.entries.get(&key)
                         && was_active
                         && !entry.session.is_active()

@@ -168,4 +168,29 @@ mod tests {
         let long = format!("/{}", "a".repeat(MAX_LEN));
         assert_eq!(validate(&long), Err(TooLong { len: MAX_LEN + 1 }));
     }
+
+    #[test]
+    fn the_length_limit_is_exact() {
+        let at_limit = format!("/{}", "a".repeat(MAX_LEN - 1));
+        assert_eq!(validate(&at_limit).map(|p| p.as_str().len()), Ok(MAX_LEN));
+        let over = format!("{at_limit}a");
+        assert_eq!(validate(&over), Err(TooLong { len: MAX_LEN + 1 }));
+    }
+
+    /// Each refusal says what is wrong in words a developer can act on.
+    #[test]
+    fn refusals_explain_themselves() {
+        let texts = [
+            (Empty, "return path is empty"),
+            (TooLong { len: 3000 }, "return path is 3000 bytes, longer than 2048"),
+            (NotAbsolutePath, "return path must start with /"),
+            (OtherOrigin, "return path points to another origin"),
+            (ForbiddenCharacter { byte: 0x0a }, "return path contains forbidden byte 0x0a"),
+            (AmbiguousSegment, "return path contains an empty, . or .. segment"),
+            (EncodedTrick, "return path hides a forbidden form behind percent-encoding"),
+        ];
+        for (error, text) in texts {
+            assert_eq!(error.to_string(), text);
+        }
+    }
 }
