@@ -193,4 +193,12 @@ mod tests {
             assert_eq!(error.to_string(), text);
         }
     }
+
+    /// Only the path is checked for empty and dot segments: a query or fragment may hold anything printable.
+    #[test]
+    fn query_and_fragment_may_hold_slashes_and_dots() {
+        for ok in ["/app?next=a//b", "/app?x=/../y", "/app#/a//b", "/app#./x"] {
+            assert_eq!(validate(ok).map(|p| p.as_str().to_owned()), Ok(ok.to_owned()), "{ok}");
+        }
+    }
 }

@@ -147,4 +147,40 @@ mod tests {
         let (a, b) = (SessionKey::from_bytes([1; 32]), SessionKey::from_bytes([2; 32]));
         assert_eq!(plan.order(vec![b, a, b]), vec![a, b]);
     }
+
+    /// A lookup names a session only when every part of it matches: issuer and `sid`, issuer and `sub`.
+    #[test]
+    fn a_lookup_matches_only_on_every_part() {
+        use crate::lifecycle::{self, Login, NewSession};
+        use crate::refresh::TokenGrant;
+        use crate::session::{Device, OidcIdentity};
+        use crate::{Policy, Secret, SessionId, Timestamp};
+
+        let identity =
+            OidcIdentity { iss: "iss".into(), sub: "sub".into(), sid: Some("sid".into()), name: None, email: None };
+        let grant = TokenGrant {
+            access_token: Secret::new("a"),
+            expires_in: None,
+            refresh_token: None,
+            refresh_expires_in: None,
+            id_token: None,
+        };
+        let new = NewSession {
+            id: SessionId::from_random_bytes([6; 32]),
+            user: UserId::new("u"),
+            login: Login::Oidc { identity, grant },
+            device: Device::default(),
+        };
+        let s = lifecycle::create(&new, Timestamp::from_millis(1), &Policy::hardened()).outcome;
+        let sid = |iss: &str, sid: &str| Lookup::Sid { iss: iss.into(), sid: sid.into() };
+        let sub = |iss: &str, sub: &str| Lookup::Sub { iss: iss.into(), sub: sub.into() };
+        assert!(Lookup::User(UserId::new("u")).matches(&s));
+        assert!(!Lookup::User(UserId::new("v")).matches(&s));
+        assert!(sid("iss", "sid").matches(&s));
+        assert!(!sid("other", "sid").matches(&s));
+        assert!(!sid("iss", "other").matches(&s));
+        assert!(sub("iss", "sub").matches(&s));
+        assert!(!sub("other", "sub").matches(&s));
+        assert!(!sub("iss", "other").matches(&s));
+    }
 }

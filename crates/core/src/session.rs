@@ -259,3 +259,55 @@ impl Session {
         self.background_refresh_at(policy).is_some_and(|at| now >= at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lifecycle::{self, Login, NewSession};
+    use crate::refresh::TokenGrant;
+    use crate::{SessionId, Timestamp};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn session(policy: &Policy, refresh_expires_in: Option<Duration>) -> Session {
+        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
+        let grant = TokenGrant {
+            access_token: Secret::new("a"),
+            expires_in: Some(Duration::from_secs(600)),
+            refresh_token: Some(Secret::new("r")),
+            refresh_expires_in,
+            id_token: None,
+        };
+        let device = Device { user_agent: "agent/1".into(), client_ip: Some([192, 0, 2, 1].into()) };
+        let new = NewSession {
+            id: SessionId::from_random_bytes([5; 32]),
+            user: UserId::new("alice"),
+            login: Login::Oidc { identity, grant },
+            device,
+        };
+        lifecycle::create(&new, Timestamp::from_millis(1_000_000), policy).outcome
+    }
+
+    #[test]
+    fn the_record_answers_what_it_was_created_with() {
+        let s = session(&Policy::hardened(), None);
+        assert_eq!(s.user().as_str(), "alice");
+        assert_eq!(s.user().to_string(), "alice");
+        assert_eq!(s.device().user_agent, "agent/1");
+        assert_eq!(s.device().client_ip, Some([192, 0, 2, 1].into()));
+        assert_eq!(s.created_at(), Timestamp::from_millis(1_000_000));
+    }
+
+    /// Deadlines that fall on the same instant give the reason listed first in `ExpiryReason`.
+    #[test]
+    fn tied_deadlines_give_the_first_listed_reason() {
+        let policy = Policy { absolute_lifetime: HOUR, idle_timeout: Some(HOUR), ..Policy::hardened() };
+        let at = Timestamp::from_millis(1_000_000).saturating_add(HOUR);
+        assert_eq!(session(&policy, None).expiry(&policy), (at, ExpiryReason::Absolute));
+        let policy = Policy { absolute_lifetime: 2 * HOUR, idle_timeout: Some(HOUR), ..Policy::hardened() };
+        assert_eq!(session(&policy, Some(HOUR)).expiry(&policy), (at, ExpiryReason::Idle));
+        assert_eq!(session(&policy, Some(HOUR / 2)).expiry(&policy).1, ExpiryReason::RefreshToken);
+    }
+}
