@@ -310,4 +310,15 @@ mod tests {
         assert_eq!(session(&policy, Some(HOUR)).expiry(&policy), (at, ExpiryReason::Idle));
         assert_eq!(session(&policy, Some(HOUR / 2)).expiry(&policy).1, ExpiryReason::RefreshToken);
     }
+
+    /// The access token is offered up to the millisecond before it expires, and never at or after.
+    #[test]
+    fn the_access_token_is_live_until_its_expiry() {
+        let s = session(&Policy::hardened(), None);
+        let expires = Timestamp::from_millis(1_000_000).saturating_add(Duration::from_secs(600));
+        let before = Timestamp::from_millis(expires.as_millis() - 1);
+        assert_eq!(s.live_access_token(before).map(Secret::expose), Some("a"));
+        assert_eq!(s.live_access_token(expires), None);
+        assert_eq!(s.live_access_token(expires.saturating_add(Duration::from_millis(1))), None);
+    }
 }

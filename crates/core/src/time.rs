@@ -76,4 +76,11 @@ mod tests {
         assert_eq!(Timestamp::from_secs(2).until(Timestamp::from_secs(5)), Duration::from_secs(3));
         assert_eq!(Timestamp::from_millis(1_234).to_string(), "1.234");
     }
+
+    #[test]
+    fn seconds_round_down() {
+        assert_eq!(Timestamp::from_millis(1_999).as_secs(), 1);
+        assert_eq!(Timestamp::from_millis(2_000).as_secs(), 2);
+        assert_eq!(Timestamp::from_secs(7).as_secs(), 7);
+    }
 }
