@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn the_table_reports_what_it_holds() {
         let policy = LoginPolicy { lifetime: Duration::from_secs(5), capacity: 3 };
-        let mut logins = Logins::new(policy.clone());
+        let mut logins = Logins::new(policy);
         assert_eq!(logins.policy(), &policy);
         assert!(logins.is_empty());
         let key = LoginKey::from_bytes([1; 32]);

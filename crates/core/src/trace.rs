@@ -101,16 +101,16 @@ pub fn check(text: &str, policy: Option<Policy>) -> Result<Result<Summary, Viola
     let policy = header.or(policy).ok_or(TraceError::NoPolicy)?;
     let mut replay = Replay::new(policy).map_err(TraceError::InvalidPolicy)?;
     let count = sessions.len();
-    let mut first: Option<Violation> = None;
-    for (n, (name, mut lines)) in sessions.into_iter().enumerate() {
-        // Lines of one session may be written out of order by concurrent writers; versions say the order.
-        lines.sort_by_key(|(line, l)| (l.version, *line));
-        if let Err(v) = replay.session(n as u64, &name, &lines)
-            && first.as_ref().is_none_or(|f| v.line < f.line)
-        {
-            first = Some(v);
-        }
-    }
+    // Each line belongs to one session, so the earliest violation is unique.
+    let first = sessions
+        .into_iter()
+        .enumerate()
+        .filter_map(|(n, (name, mut lines))| {
+            // Lines of one session may be written out of order by concurrent writers; versions say the order.
+            lines.sort_by_key(|(line, l)| (l.version, *line));
+            replay.session(n as u64, &name, &lines).err()
+        })
+        .min_by_key(|v| v.line);
     Ok(first.map_or(Ok(Summary { events, sessions: count }), Err))
 }
 

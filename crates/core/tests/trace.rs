@@ -214,3 +214,28 @@ fn lease_renewals_are_checked() {
     let lapsed = [ev(0, "a", 1, "created"), ev(9, "a", 2, "refresh_started"), ev(10, "a", 3, "lease_renewed")];
     assert!(violation(&lapsed).message.contains("lapsed"));
 }
+
+/// A trail written across restarts repeats its header; the same policy again is no change.
+#[test]
+fn a_repeated_header_with_the_same_policy_is_accepted() {
+    let text = format!("{}\n{}\n{}", trail(&[ev(0, "a", 1, "created")]), header(), ev(5, "a", 2, "touched"));
+    assert_eq!(check(&text, None).map(|v| v.map(|s| (s.events, s.sessions))), Ok(Ok((2, 1))));
+}
+
+/// What a person reads: the line, the session and what went wrong; for an unreadable trail, why.
+#[test]
+fn verdicts_and_errors_read_as_sentences() {
+    let v = violation(&[ev(0, "a", 1, "created"), ev(1, "a", 2, "touched")]);
+    assert_eq!(v.to_string(), format!("line {}: session a: {}", v.line, v.message));
+    assert!(!v.message.is_empty());
+    let texts = [
+        (TraceError::Syntax { line: 3, error: "eof".into() }, "line 3: not an audit line: eof"),
+        (TraceError::NoPolicy, "the trail has no start line with the policy; name one"),
+        (TraceError::PolicyChanged { line: 9 }, "line 9: the policy changed mid-trail; check each part separately"),
+    ];
+    for (error, text) in texts {
+        assert_eq!(error.to_string(), text);
+    }
+    let invalid = Policy { refresh_lease: std::time::Duration::ZERO, ..Policy::hardened() }.validate().unwrap_err();
+    assert_eq!(TraceError::InvalidPolicy(invalid.clone()).to_string(), format!("invalid policy: {invalid}"));
+}
