@@ -116,7 +116,19 @@ fn tokens_stored_after_the_session_ended_are_reported() {
         ev(9, "a", 4, "refresh_succeeded"),
     ]);
     assert_eq!(v.line, 5);
-    assert!(v.message.contains("none was in flight") || v.message.contains("ended"), "{v}");
+    assert_eq!(v.message, "a refresh's result was stored after the session had ended");
+}
+
+/// A refresh in flight when the session ended cannot renew its lease afterwards.
+#[test]
+fn a_lease_renewed_after_the_session_ended_is_reported() {
+    let v = violation(&[
+        ev(0, "a", 1, "created"),
+        ev(9, "a", 2, "refresh_started"),
+        ev(9, "a", 3, LOGOUT),
+        ev(9, "a", 4, "lease_renewed"),
+    ]);
+    assert_eq!(v.message, "a lease was renewed, but the session had been revoked (logout)");
 }
 
 /// invalid_grant ends the session; a later use is illegal.
