@@ -305,6 +305,14 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_print() {
+        let shown = format!("{:?}", secrets());
+        assert_eq!(shown, "LoginSecrets(<redacted>)");
+        let pending = PendingLogin::begin(secrets(), "/".into(), Timestamp::from_millis(0), &LoginPolicy::default());
+        assert!(format!("{pending:?}").contains("LoginSecrets(<redacted>)"));
+    }
+
+    #[test]
     fn the_table_reports_what_it_holds() {
         let policy = LoginPolicy { lifetime: Duration::from_secs(5), capacity: 3 };
         let mut logins = Logins::new(policy);
