@@ -5,8 +5,8 @@
 //! - `csrf_verify`: proofs that differ from the session's own proof only in their last character (Left)
 //!   against proofs that differ everywhere (Right).
 //! - `session_lookup`: unknown session IDs that share 31 of 32 bytes with a stored one (Left) against random
-//!   unknown IDs (Right), looked up in a registry of 10,000 sessions. The lookup is by the ID's SHA-256, so
-//!   nearness to a stored ID must not show.
+//!   unknown IDs (Right), looked up in a registry of 10,000 sessions, each class drawn from a pool of 10,000.
+//!   The lookup is by the ID's SHA-256, so nearness to a stored ID must not show.
 //!
 //! - `session_lookup_control`: the same lookup with both classes drawn alike (random unknown IDs), an A/A
 //!   test: whatever |t| it reaches is this harness's own bias on this machine, the yardstick for the other
@@ -65,30 +65,44 @@ fn session_lookup_control(runner: &mut CtRunner, rng: &mut BenchRng) {
     lookup(runner, rng, false);
 }
 
-/// Left IDs are one bit away from a stored one when `near`, random like Right ones otherwise.
+/// Left IDs are one bit away from a stored one when `near`, random like Right ones otherwise. Both classes
+/// draw from a pool of as many IDs as are stored, so each class repeats its IDs equally often: drawing Left
+/// from the stored pool and Right fresh made repetition (a key whose tree path is already cached) look like
+/// a leak of nearness, and the swapped classes showed it.
 fn lookup(runner: &mut CtRunner, rng: &mut BenchRng, near: bool) {
+    const STORED: usize = 10_000;
     let policy = Policy::hardened();
     let now = Timestamp::from_millis(1_700_000_000_000);
     let mut registry = Registry::new(policy).expect("valid policy");
-    let mut stored = Vec::new();
-    for _ in 0..10_000 {
+    let mut stored = Vec::with_capacity(STORED);
+    for _ in 0..STORED {
         let bytes = random_bytes(rng);
         let id = SessionId::from_random_bytes(bytes);
         let new = NewSession { id, user: UserId::new("u"), login: Login::Local, device: Device::default() };
         let _ = registry.create(&new, None, now);
         stored.push(bytes);
     }
+    let left: Vec<[u8; 32]> = if near {
+        stored
+            .iter()
+            .map(|&bytes| {
+                let mut bytes = bytes;
+                bytes[31] ^= 1;
+                bytes
+            })
+            .collect()
+    } else {
+        (0..STORED).map(|_| random_bytes(rng)).collect()
+    };
+    let right: Vec<[u8; 32]> = (0..STORED).map(|_| random_bytes(rng)).collect();
     let mut inputs = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let class = class(rng);
-        let id = match class {
-            Class::Left if near => {
-                let mut bytes = stored[rng.random_range(0..stored.len())];
-                bytes[31] ^= 1;
-                SessionId::from_random_bytes(bytes)
-            }
-            Class::Left | Class::Right => random_id(rng),
+        let pool = match class {
+            Class::Left => &left,
+            Class::Right => &right,
         };
+        let id = SessionId::from_random_bytes(pool[rng.random_range(0..STORED)]);
         inputs.push((class, id.encode()));
     }
     // What every request does before a record is touched: decode the cookie, hash the ID, look the key up.
