@@ -545,9 +545,15 @@ fn mutants(in_diff: Option<Option<&str>>) -> Result<(), String> {
     ensure_installed("mutants", "cargo-mutants")?;
     let base_args = ["mutants", "-p", "bff-session-core", "--profile", "mutants", "--timeout", "90"];
     let Some(base) = in_diff else { return run(cargo().args(base_args)) };
-    let base = match base {
-        Some(b) => b.to_owned(),
-        None => merge_base()?,
+    let base = match base.map(str::to_owned).or_else(merge_base) {
+        Some(b) => b,
+        None => {
+            println!(
+                "xtask mutants: SKIPPED: no base commit to diff against (a shallow clone?); \
+                 run `cargo xtask mutants --in-diff BASE`"
+            );
+            return Ok(());
+        }
     };
     let diff = git(&["diff", &base, "--", "crates/core/src"])?;
     if diff.trim().is_empty() {
@@ -581,13 +587,15 @@ fn mutants(in_diff: Option<Option<&str>>) -> Result<(), String> {
 /// The most mutants `cargo xtask mutants --in-diff` tests: about ten minutes on two cores.
 const MUTANTS_IN_DIFF_CAP: usize = 80;
 
-fn merge_base() -> Result<String, String> {
-    let head = git(&["rev-parse", "HEAD"])?;
+/// The merge base with `origin/main`, or `HEAD~1` where that is HEAD itself; `None` in a clone too shallow
+/// for either.
+fn merge_base() -> Option<String> {
+    let head = git(&["rev-parse", "HEAD"]).ok()?;
     let base = git(&["merge-base", "HEAD", "origin/main"]).unwrap_or_default();
     if !base.trim().is_empty() && base.trim() != head.trim() {
-        return Ok(base.trim().to_owned());
+        return Some(base.trim().to_owned());
     }
-    Ok(git(&["rev-parse", "HEAD~1"])?.trim().to_owned())
+    git(&["rev-parse", "--verify", "--quiet", "HEAD~1"]).ok().map(|b| b.trim().to_owned())
 }
 
 fn git(args: &[&str]) -> Result<String, String> {
