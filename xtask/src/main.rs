@@ -560,7 +560,8 @@ fn mutants(in_diff: Option<Option<&str>>) -> Result<(), String> {
         println!("xtask mutants: core is unchanged since {base}; no mutants to test");
         return Ok(());
     }
-    let out = root().join("target").join("mutants");
+    // Not target/mutants: that is the `mutants` profile's build directory.
+    let out = root().join("target").join("mutants-in-diff");
     fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let diff_file = out.join("core.diff");
     fs::write(&diff_file, diff).map_err(|e| format!("cannot write {}: {e}", diff_file.display()))?;
