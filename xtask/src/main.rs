@@ -14,8 +14,8 @@ const FUZZ_TARGETS: [&str; 6] =
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci                 lint, conformance, every fuzz target for 60 s, then mutants --in-diff (what .ci/run runs
-                     after the tests)
+  ci                 lint, the quick model check (release), conformance, every fuzz target for 60 s, then
+                     mutants --in-diff (what .ci/run runs after the tests)
   lint               fmt check and clippy -D warnings only
   browser            the demo in headless chromium over WebDriver (installs chromium and chromium-driver)
   interop            the server against panva's oidc-provider (npm; installs Node and the package if missing)
@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => lint()
+            .and_then(|()| model_check(false))
             .and_then(|()| conformance(200))
             .and_then(|()| fuzz(60, false, &[]))
             .and_then(|()| mutants(Some(None))),
