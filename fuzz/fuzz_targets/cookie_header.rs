@@ -1,7 +1,9 @@
 //! `Cookie` header parsing: never panics, and never picks one of two same-named cookies.
-//! The property lives in core's test support (`support::fuzz`), where `cargo test` replays every kept input.
+//! The property lives in core's test support (`support/fuzz.rs`), where `cargo test` replays every kept input.
 #![no_main]
 
+#[path = "../../crates/core/tests/support/fuzz.rs"]
+mod fuzz;
 mod support;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| support::fuzz::cookie_header(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz::cookie_header(data));

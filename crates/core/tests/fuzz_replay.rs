@@ -5,11 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/fuzz.rs"]
+mod fuzz;
 mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::fuzz::TARGETS;
+use fuzz::TARGETS;
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")

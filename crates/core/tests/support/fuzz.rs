@@ -1,6 +1,10 @@
 //! The fuzz targets' properties as functions of the fuzzer's raw bytes. The fuzz targets call them, and so
 //! does the `fuzz_replay` test, so an input the fuzzer kept (a corpus entry or a crash) is replayed byte for
-//! byte by an ordinary `cargo test` on stable. A property panics when it does not hold.
+//! byte by an ordinary `cargo test` on stable. A property panics when it does not hold. Each includes this
+//! file beside its `support` module rather than inside it: the server's tests share `support` and do not
+//! depend on `arbitrary`.
+// A fuzz target uses one of these properties.
+#![allow(dead_code)]
 
 use std::net::IpAddr;
 
@@ -11,9 +15,9 @@ use bff_session_core::record::{self, Unsealed};
 use bff_session_core::trace;
 use bff_session_core::{Policy, Registry, RevocationReason, Trigger, return_path};
 
-use super::assertions::{History, check_step};
-use super::driver::{observe, run};
-use super::model::{Model, OidcOp, Op, Pick, Proof, ResultOp, Target, USERS, tiny_policy};
+use crate::support::assertions::{History, check_step};
+use crate::support::driver::{observe, run};
+use crate::support::model::{Model, OidcOp, Op, Pick, Proof, ResultOp, Target, USERS, tiny_policy};
 
 /// A fuzz target's property: panics on an input where it does not hold.
 pub type Property = fn(&[u8]);

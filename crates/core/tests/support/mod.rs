@@ -3,6 +3,5 @@
 
 pub mod assertions;
 pub mod driver;
-pub mod fuzz;
 pub mod model;
 pub mod strategies;
