@@ -429,7 +429,7 @@ fn quick() {
     check(8, 2, false, false);
 }
 
-/// Deeper: 8 actions, three instants ahead, and devices signing in again. `cargo xtask model-check --deep`.
+/// Deeper: 9 actions, three instants ahead, and devices signing in again. `cargo xtask model-check --deep`.
 #[test]
 #[ignore = "minutes long: run by `cargo xtask model-check --deep`"]
 fn deep() {
