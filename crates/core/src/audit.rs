@@ -185,32 +185,16 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::{self, Login, NewSession};
-    use crate::refresh::{RefreshResult, TokenGrant, Trigger};
-    use crate::session::{Device, OidcIdentity, UserId};
-    use crate::{Secret, SessionId, Timestamp};
-
-    fn grant() -> TokenGrant {
-        TokenGrant {
-            access_token: Secret::new("a"),
-            expires_in: Some(Duration::from_secs(600)),
-            refresh_token: Some(Secret::new("r")),
-            refresh_expires_in: None,
-            id_token: None,
-        }
-    }
+    use crate::Timestamp;
+    use crate::lifecycle;
+    use crate::refresh::{RefreshResult, Trigger};
+    use crate::testing::{grant, identity, sign_in};
 
     /// Each transition names itself, and the events replay: that is what makes a trail checkable.
     #[test]
     fn each_transition_is_one_event() {
         let policy = Policy::hardened();
-        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
-        let new = NewSession {
-            id: SessionId::from_random_bytes([1; 32]),
-            user: UserId::new("u"),
-            login: Login::Oidc { identity, grant: grant() },
-            device: Device::default(),
-        };
+        let new = sign_in(1, identity(), grant());
         let t0 = Timestamp::from_millis(1_000_000);
         let mut s = lifecycle::create(&new, t0, &policy).outcome;
         assert_eq!(
@@ -263,13 +247,7 @@ mod tests {
     #[test]
     fn renewals_and_a_clean_refresh_are_named() {
         let policy = Policy::hardened();
-        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
-        let new = NewSession {
-            id: SessionId::from_random_bytes([2; 32]),
-            user: UserId::new("u"),
-            login: Login::Oidc { identity, grant: grant() },
-            device: Device::default(),
-        };
+        let new = sign_in(2, identity(), grant());
         let t0 = Timestamp::from_millis(1_000_000);
         let mut s = lifecycle::create(&new, t0, &policy).outcome;
         let t1 = t0.saturating_add(Duration::from_secs(560));

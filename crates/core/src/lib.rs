@@ -44,6 +44,9 @@ pub mod session;
 pub mod time;
 pub mod trace;
 
+#[cfg(test)]
+mod testing;
+
 pub use background::Visit;
 pub use command::{Command, Outcome};
 pub use effect::{Durability, Effect};

@@ -155,30 +155,15 @@ fn check(s: &Session) -> Result<(), DecodeError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::ended::RevocationReason;
-    use crate::lifecycle::{self, Login, NewSession};
-    use crate::refresh::{Lease, TokenGrant};
-    use crate::session::{Device, OidcIdentity, UserId};
-    use crate::{Policy, Secret, SessionId, Timestamp};
+    use crate::lifecycle;
+    use crate::refresh::Lease;
+    use crate::testing::{grant, identity, sign_in};
+    use crate::{Policy, Timestamp};
 
     fn oidc_session() -> Session {
-        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
-        let grant = TokenGrant {
-            access_token: Secret::new("a"),
-            expires_in: Some(Duration::from_secs(600)),
-            refresh_token: Some(Secret::new("r")),
-            refresh_expires_in: None,
-            id_token: None,
-        };
-        let new = NewSession {
-            id: SessionId::from_random_bytes([4; 32]),
-            user: UserId::new("u"),
-            login: Login::Oidc { identity, grant },
-            device: Device::default(),
-        };
+        let new = sign_in(4, identity(), grant());
         lifecycle::create(&new, Timestamp::from_millis(1_000_000), &Policy::hardened()).outcome
     }
 

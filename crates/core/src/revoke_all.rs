@@ -151,26 +151,13 @@ mod tests {
     /// A lookup names a session only when every part of it matches: issuer and `sid`, issuer and `sub`.
     #[test]
     fn a_lookup_matches_only_on_every_part() {
-        use crate::lifecycle::{self, Login, NewSession};
-        use crate::refresh::TokenGrant;
-        use crate::session::{Device, OidcIdentity};
-        use crate::{Policy, Secret, SessionId, Timestamp};
+        use crate::lifecycle;
+        use crate::session::OidcIdentity;
+        use crate::testing::{grant, identity, sign_in};
+        use crate::{Policy, Timestamp};
 
-        let identity =
-            OidcIdentity { iss: "iss".into(), sub: "sub".into(), sid: Some("sid".into()), name: None, email: None };
-        let grant = TokenGrant {
-            access_token: Secret::new("a"),
-            expires_in: None,
-            refresh_token: None,
-            refresh_expires_in: None,
-            id_token: None,
-        };
-        let new = NewSession {
-            id: SessionId::from_random_bytes([6; 32]),
-            user: UserId::new("u"),
-            login: Login::Oidc { identity, grant },
-            device: Device::default(),
-        };
+        let identity = OidcIdentity { iss: "iss".into(), sub: "sub".into(), sid: Some("sid".into()), ..identity() };
+        let new = sign_in(6, identity, grant());
         let s = lifecycle::create(&new, Timestamp::from_millis(1), &Policy::hardened()).outcome;
         let sid = |iss: &str, sid: &str| Lookup::Sid { iss: iss.into(), sid: sid.into() };
         let sub = |iss: &str, sub: &str| Lookup::Sub { iss: iss.into(), sub: sub.into() };

@@ -265,28 +265,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::lifecycle::{self, Login, NewSession};
+    use crate::Timestamp;
+    use crate::lifecycle::{self, NewSession};
     use crate::refresh::TokenGrant;
-    use crate::{SessionId, Timestamp};
+    use crate::testing::{grant, identity, sign_in};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn session(policy: &Policy, refresh_expires_in: Option<Duration>) -> Session {
-        let identity = OidcIdentity { iss: "i".into(), sub: "s".into(), sid: None, name: None, email: None };
-        let grant = TokenGrant {
-            access_token: Secret::new("a"),
-            expires_in: Some(Duration::from_secs(600)),
-            refresh_token: Some(Secret::new("r")),
-            refresh_expires_in,
-            id_token: None,
-        };
         let device = Device { user_agent: "agent/1".into(), client_ip: Some([192, 0, 2, 1].into()) };
-        let new = NewSession {
-            id: SessionId::from_random_bytes([5; 32]),
-            user: UserId::new("alice"),
-            login: Login::Oidc { identity, grant },
-            device,
-        };
+        let grant = TokenGrant { refresh_expires_in, ..grant() };
+        let new = NewSession { user: UserId::new("alice"), device, ..sign_in(5, identity(), grant) };
         lifecycle::create(&new, Timestamp::from_millis(1_000_000), policy).outcome
     }
 

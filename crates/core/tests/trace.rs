@@ -107,14 +107,14 @@ fn a_refresh_result_without_a_refresh_is_reported() {
     assert!(v.message.contains("none was in flight"), "{v}");
 }
 
+/// The violation of a trail where the session ends while a refresh is in flight and `then` follows.
+fn ended_mid_refresh(then: &str) -> Violation {
+    violation(&[ev(0, "a", 1, "created"), ev(9, "a", 2, "refresh_started"), ev(9, "a", 3, LOGOUT), ev(9, "a", 4, then)])
+}
+
 #[test]
 fn tokens_stored_after_the_session_ended_are_reported() {
-    let v = violation(&[
-        ev(0, "a", 1, "created"),
-        ev(9, "a", 2, "refresh_started"),
-        ev(9, "a", 3, LOGOUT),
-        ev(9, "a", 4, "refresh_succeeded"),
-    ]);
+    let v = ended_mid_refresh("refresh_succeeded");
     assert_eq!(v.line, 5);
     assert_eq!(v.message, "a refresh's result was stored after the session had ended");
 }
@@ -122,12 +122,7 @@ fn tokens_stored_after_the_session_ended_are_reported() {
 /// A refresh in flight when the session ended cannot renew its lease afterwards.
 #[test]
 fn a_lease_renewed_after_the_session_ended_is_reported() {
-    let v = violation(&[
-        ev(0, "a", 1, "created"),
-        ev(9, "a", 2, "refresh_started"),
-        ev(9, "a", 3, LOGOUT),
-        ev(9, "a", 4, "lease_renewed"),
-    ]);
+    let v = ended_mid_refresh("lease_renewed");
     assert_eq!(v.message, "a lease was renewed, but the session had been revoked (logout)");
 }
 
