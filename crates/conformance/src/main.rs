@@ -4,7 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use bff_session_conformance::profile::{ClockMode, Profile, TOLERANCE};
+use bff_session_conformance::report::{self, Card};
 use bff_session_conformance::run::{Harness, Options, load_replay};
+use bff_session_conformance::verdict::{self, Effort};
 use bff_session_conformance::{Mapping, provider};
 use bff_session_core::Policy;
 use clap::{Parser, Subcommand};
@@ -20,6 +26,19 @@ struct Cli {
 enum Command {
     /// Start a dev OpenID provider and drive the target with generated sequences, comparing with core.
     Run(RunArgs),
+    /// Give a verdict per invariant for one target and write its report card (JSON).
+    Report(ReportArgs),
+    /// Render report cards (JSON) as Markdown.
+    Render {
+        /// Where the Markdown goes.
+        #[arg(long)]
+        out: PathBuf,
+        /// The command that produced the cards, quoted in the report.
+        #[arg(long)]
+        command: String,
+        /// Cards, in the order of the table's columns.
+        cards: Vec<PathBuf>,
+    },
     /// Replay an audit trail (JSON lines) through core; report the first illegal transition.
     CheckTrace {
         file: PathBuf,
@@ -68,11 +87,211 @@ struct RunArgs {
     trace: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// The target's profile (`crates/conformance/targets/NAME/profile.toml`); it says how to start it.
+    #[arg(long, conflicts_with_all = ["reference", "launch", "target"])]
+    profile: Option<PathBuf>,
+    /// This repository's server under a preset, started with `--launch` at `--target`; it is also held to
+    /// the full model comparison.
+    #[arg(long, requires_all = ["launch", "target"])]
+    reference: Option<String>,
+    #[arg(long)]
+    launch: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// Sequences of the full model comparison (reference only).
+    #[arg(long, default_value_t = 60)]
+    model_sequences: u32,
+    /// Sequences per invariant (default: 3 on a wall clock, 12 on a test clock).
+    #[arg(long)]
+    sequences: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The directory the card (NAME.json) is written to.
+    #[arg(long, default_value = "target/conformance/report")]
+    out: PathBuf,
+    /// Exit 1 unless every invariant holds or does not apply (and the model comparison conforms).
+    #[arg(long)]
+    strict: bool,
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckTrace { file, policy } => check_trace(&file, policy.as_deref()),
         Command::Run(args) => run(args),
+        Command::Report(args) => report_card(args),
+        Command::Render { out, command, cards } => render(&out, &command, &cards),
     }
+}
+
+fn render(out: &std::path::Path, command: &str, paths: &[PathBuf]) -> ExitCode {
+    let mut cards = Vec::new();
+    for path in paths {
+        let card = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_json::from_str::<Card>(&text).map_err(|e| e.to_string()));
+        match card {
+            Ok(c) => cards.push(c),
+            Err(e) => {
+                eprintln!("cannot read the card {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(out, report::render(&cards, command)) {
+        eprintln!("cannot write {}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    print!("{}", report::table(&cards));
+    ExitCode::SUCCESS
+}
+
+fn free_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port())
+}
+
+/// The lines a profile's `versions` command prints.
+fn versions(profile: &Profile) -> Vec<String> {
+    let Some(cmd) = &profile.versions else { return vec![format!("{} (this repository)", profile.title)] };
+    match std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&profile.dir).output() {
+        Ok(out) if out.status.success() => {
+            String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
+        }
+        Ok(out) => vec![format!("(the versions command failed: {})", String::from_utf8_lossy(&out.stderr).trim())],
+        Err(e) => vec![format!("(the versions command could not run: {e})")],
+    }
+}
+
+fn report_card(args: ReportArgs) -> ExitCode {
+    let (profile, target, launch_cmd) = match (&args.profile, &args.reference) {
+        (Some(path), _) => match Profile::load(path) {
+            Ok(p) => {
+                let port = match free_port() {
+                    Ok(port) => port,
+                    Err(e) => {
+                        eprintln!("no free port: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let launch = p.launch.clone();
+                (p, format!("http://127.0.0.1:{port}"), launch)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(preset)) => match Profile::reference(preset) {
+            Ok(p) => (p, args.target.clone().unwrap_or_default(), args.launch.clone().unwrap_or_default()),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("give --profile FILE, or --reference PRESET with --launch and --target");
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = match Options::from_profile(&target, profile.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    options.sequences = args.model_sequences;
+    options.seed = args.seed;
+    options.out_dir = args.out.clone();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let harness = match rt.block_on(Harness::start(options.clone())) {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let port = target.rsplit(':').next().unwrap_or_default().to_owned();
+    let extra = [("BFF_CONFORMANCE_PORT", port.as_str()), ("BFF_CONFORMANCE_ORIGIN", target.as_str())];
+    let cwd = (!profile.dir.as_os_str().is_empty()).then_some(profile.dir.as_path());
+    let log = args.out.join(format!("{}.log", profile.name));
+    let output = std::fs::create_dir_all(&args.out).and_then(|()| std::fs::File::create(&log));
+    let output = match output {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!("cannot create {}: {e}", log.display());
+            return ExitCode::from(2);
+        }
+    };
+    let _child = match launch_in(&launch_cmd, &harness.provider.issuer, &extra, cwd, output) {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("cannot launch {}: {e}", profile.title);
+            return ExitCode::from(2);
+        }
+    };
+    if !rt.block_on(harness.wait_for_target(Duration::from_secs(120))) {
+        eprintln!("{} did not start: nothing answers at {target} (its output: {})", profile.title, log.display());
+        return ExitCode::from(2);
+    }
+    println!("{}: running at {target}, provider {}", profile.title, harness.provider.issuer);
+    let model_comparison = args.reference.as_ref().map(|_| {
+        let report = harness.run(&rt);
+        let text = report.render(&options);
+        print!("{text}");
+        text.lines().next().unwrap_or_default().to_owned()
+    });
+    let mut effort = Effort::for_clock(profile.clock, args.seed);
+    if let Some(n) = args.sequences {
+        effort.sequences = n;
+    }
+    let verdicts = rt.block_on(verdict::evaluate(harness.clone(), effort));
+    let policy = &options.policy;
+    let card = Card {
+        target: profile.name.clone(),
+        title: profile.title.clone(),
+        versions: versions(&profile),
+        clock: match profile.clock {
+            ClockMode::Wall => "wall".into(),
+            ClockMode::Test => "test".into(),
+        },
+        tolerance_ms: if profile.clock == ClockMode::Wall { TOLERANCE.as_millis() as u64 } else { 0 },
+        policy: format!(
+            "access token {} s, idle {}, absolute {} s, refresh {} s before expiry",
+            options.token_ttl.as_secs(),
+            policy.idle_timeout.map_or("none".to_owned(), |d| format!("{} s", d.as_secs())),
+            policy.absolute_lifetime.as_secs(),
+            (policy.refresh_margin + policy.clock_skew).as_secs()
+        ),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+        steps: harness.steps(),
+        model_comparison,
+        verdicts,
+        notes: profile.notes.clone(),
+        confirmed_by: profile.confirmed_by.clone(),
+    };
+    for v in &card.verdicts {
+        let detail = v.reproducer.as_ref().map(|r| format!(": expected {}, observed {}", r.expected, r.observed));
+        println!("  {:<34} {:?} ({} sequences){}", v.invariant.name(), v.outcome, v.exercised, detail.unwrap_or_default());
+    }
+    let path = args.out.join(format!("{}.json", profile.name));
+    let written = std::fs::create_dir_all(&args.out)
+        .and_then(|()| serde_json::to_string_pretty(&card).map_err(std::io::Error::other))
+        .and_then(|json| std::fs::write(&path, json));
+    if let Err(e) = written {
+        eprintln!("cannot write {}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    println!("{}: {:.0} s, card {}", profile.title, card.elapsed_secs, path.display());
+    if args.strict && !card.clean() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn check_trace(file: &std::path::Path, policy: Option<&str>) -> ExitCode {
@@ -183,13 +402,38 @@ struct Launched(std::process::Child);
 
 impl Drop for Launched {
     fn drop(&mut self) {
+        // The whole group: a launch script's children (httpd's workers, node) go with it.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = std::process::Command::new("kill").args(["-TERM", "--", &format!("-{pid}")]).status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
 fn launch(cmd: &str, issuer: &str) -> std::io::Result<Launched> {
-    std::process::Command::new("sh")
+    launch_in(cmd, issuer, &[], None, None)
+}
+
+fn launch_in(
+    cmd: &str,
+    issuer: &str,
+    extra: &[(&str, &str)],
+    cwd: Option<&std::path::Path>,
+    output: Option<std::fs::File>,
+) -> std::io::Result<Launched> {
+    let mut command = std::process::Command::new("sh");
+    if let Some(file) = output {
+        // The target's own logging goes to its log file, beside its card.
+        command.stderr(file.try_clone()?).stdout(file);
+    }
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    // Its own process group, so stopping the target stops whatever its launch script started.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command
+        .envs(extra.iter().copied())
         .arg("-c")
         .arg(cmd)
         .env("BFF_CONFORMANCE_ISSUER", issuer)

@@ -140,6 +140,10 @@ pub struct Oracle {
     minted: u64,
     faults: BTreeMap<String, VecDeque<Failure>>,
     refresh_requests: u64,
+    /// Refresh tokens a conforming target has revoked at the provider so far.
+    revocations: u64,
+    /// How far from a deadline [`Span::To`] lands.
+    near: Duration,
 }
 
 /// A handle no session has (sixteen zero bytes): what the harness sends to end a device that never signed in.
@@ -163,11 +167,28 @@ impl Oracle {
             minted: 0,
             faults: BTreeMap::new(),
             refresh_requests: 0,
+            revocations: 0,
+            near: Duration::from_secs(1),
         })
     }
 
     pub fn now(&self) -> Timestamp {
         self.now
+    }
+
+    /// Lands [`Span::To`] this far from its deadline (a wall clock needs more than the tolerance).
+    pub fn land_near(&mut self, near: Duration) {
+        self.near = near;
+    }
+
+    /// Moves the clock to `now` if that is later: on a wall clock, the oracle's time follows the real one.
+    pub fn follow(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+    }
+
+    /// Refresh tokens a conforming target has revoked at the provider so far.
+    pub fn revocations(&self) -> u64 {
+        self.revocations
     }
 
     /// Refresh requests a conforming target has sent the provider so far.
@@ -203,6 +224,7 @@ impl Oracle {
             Span::TouchInterval => policy.touch_interval + second,
             Span::HalfTokenLife => self.token_ttl / 2 + second,
             Span::ThirdOfLifetime => policy.absolute_lifetime / 3,
+            Span::Keepalive => policy.idle_timeout.map_or(policy.absolute_lifetime / 3, |idle| idle / 2),
             Span::To { device, deadline, side } => {
                 let session = self
                     .device(device)
@@ -216,8 +238,8 @@ impl Oracle {
                     Deadline::Absolute => Some(s.absolute_deadline()),
                 });
                 let to = at.map(|at| match side {
-                    Side::Before => at.saturating_sub(second),
-                    Side::After => at.saturating_add(second),
+                    Side::Before => at.saturating_sub(self.near),
+                    Side::After => at.saturating_add(self.near),
                 });
                 to.filter(|&to| to > self.now).map_or(second, |to| self.now.until(to))
             }
@@ -273,6 +295,7 @@ impl Oracle {
             }
             Step::Logout { device } => self.unsafe_request(device, |oracle, key| {
                 let t = oracle.registry.revoke(key, RevocationReason::Logout, oracle.now);
+                oracle.count_revocations(&t.effects);
                 (Status::Success, cookies_after(&t.effects))
             }),
             Step::LogoutAll { device } => self.unsafe_request(device, |oracle, key| {
@@ -280,6 +303,7 @@ impl Oracle {
                     return (Status::Unauthorized, CookieChange::Cleared);
                 };
                 let t = oracle.registry.revoke_user(&user, RevocationReason::LogoutEverywhere, oracle.now);
+                oracle.count_revocations(&t.effects);
                 (Status::Success, cookies_after(&t.effects))
             }),
             Step::EndDevice { device, other } => {
@@ -480,6 +504,11 @@ impl Oracle {
             None => RefreshResult::Success(self.grant()),
         };
         self.registry.complete_refresh(ticket, result, self.now).outcome
+    }
+
+    fn count_revocations(&mut self, effects: &[Effect]) {
+        let n = effects.iter().filter(|e| matches!(e, Effect::RevokeAtProvider { .. })).count();
+        self.revocations += n as u64;
     }
 
     /// A response that cleared the cookies leaves the device without a session.

@@ -15,8 +15,10 @@ use bff_session_core::{Policy, Timestamp};
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use serde::Serialize;
 
+use crate::invariant::{Check, Scenario};
 use crate::mapping::Mapping;
-use crate::oracle::Oracle;
+use crate::oracle::{Observation, Oracle};
+use crate::profile::{ClockMode, Profile, TOLERANCE};
 use crate::provider::{Provider, ProviderError};
 use crate::step::{self, Step, USERS};
 use crate::target::Target;
@@ -39,6 +41,8 @@ pub struct Options {
     pub seed: u64,
     /// Where a reproducer is written.
     pub out_dir: PathBuf,
+    /// What the target supports and how it speaks; its paths are `mapping`.
+    pub profile: Profile,
 }
 
 impl Options {
@@ -54,8 +58,37 @@ impl Options {
             max_steps: 24,
             seed: 0,
             out_dir: PathBuf::from("target/conformance"),
+            profile: Profile::reference(policy_name).ok()?,
         })
     }
+
+    /// Options for a target described by `profile`.
+    pub fn from_profile(target: &str, profile: Profile) -> Result<Self, crate::profile::ProfileError> {
+        Ok(Self {
+            target: target.trim_end_matches('/').to_owned(),
+            policy_name: profile.policy.preset.clone(),
+            policy: profile.policy()?,
+            mapping: profile.mapping.clone(),
+            token_ttl: profile.token_ttl(),
+            provider_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            sequences: 200,
+            max_steps: 24,
+            seed: 0,
+            out_dir: PathBuf::from("target/conformance"),
+            profile,
+        })
+    }
+}
+
+/// What one invariant-checking execution found.
+#[derive(Clone, Debug)]
+pub enum Checked {
+    /// Every check held.
+    Held,
+    Violated(Divergence),
+    /// The sequence could not be carried out (the target or provider did not answer as the protocol
+    /// needs); nothing is concluded from it.
+    Inconclusive(String),
 }
 
 /// The first step whose observation differs from the oracle's.
@@ -193,6 +226,11 @@ impl Harness {
         })
     }
 
+    /// Steps executed so far, in every sequence.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
     /// Waits until the target answers HTTP with anything but 503, up to `timeout`: a server may listen
     /// before it is ready (this repository's answers 503 until it has read its provider's discovery document),
     /// and a sequence that starts then would report the start-up as a divergence.
@@ -218,33 +256,56 @@ impl Harness {
     }
 
     async fn execute_once(&self, steps: &[Step]) -> Result<(), Divergence> {
+        match self.drive(steps, None).await {
+            Checked::Held => Ok(()),
+            Checked::Violated(d) => Err(d),
+            Checked::Inconclusive(e) => Err(setup(e)),
+        }
+    }
+
+    /// Executes a scenario, judging only its marked steps, each by its [`Check`].
+    pub async fn execute_checked(&self, scenario: &Scenario) -> Checked {
+        self.drive(&scenario.steps, Some(&scenario.checks)).await
+    }
+
+    /// Performs `steps`, predicting each. Without `checks`, every step's observation and the provider's
+    /// refresh count must be the oracle's exactly, and a step the target cannot carry out is a divergence.
+    /// With `checks`, only the marked steps are judged, and a step that cannot be carried out makes the
+    /// execution inconclusive.
+    async fn drive(&self, steps: &[Step], checks: Option<&[(usize, Check)]>) -> Checked {
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         let policy = &self.options.policy;
-        // Past every earlier sequence's absolute deadlines, so their sessions can only be swept, never
-        // refreshed, in this one.
-        let gap = policy.absolute_lifetime + policy.background_recent_use + Duration::from_secs(86_400);
-        let start = {
-            let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let start = *next;
-            *next = start.saturating_add(gap);
-            start
-        };
-        let users = (0..USERS).map(|u| format!("r{run}u{u}")).collect();
-        let mut oracle = match Oracle::new(policy.clone(), start, &self.provider.issuer, self.options.token_ttl, users)
-        {
-            Ok(o) => o,
-            Err(e) => return Err(setup(format!("invalid policy: {e}"))),
-        };
-        let mut target = Target::new(&self.options.target, self.options.mapping.clone(), self.http.clone());
+        let wall = self.options.profile.clock == ClockMode::Wall;
+        let start = if wall { wall_now() } else { self.claim_start() };
+        let users: Vec<String> = (0..USERS).map(|u| format!("r{run}u{u}")).collect();
+        let mut oracle =
+            match Oracle::new(policy.clone(), start, &self.provider.issuer, self.options.token_ttl, users.clone()) {
+                Ok(o) => o,
+                Err(e) => return Checked::Inconclusive(format!("invalid policy: {e}")),
+            };
+        if wall {
+            // Past the tolerance, so an observation after a move is never within it of the deadline.
+            oracle.land_near(TOLERANCE + Duration::from_millis(500));
+        }
+        let mut target = Target::new(&self.options.target, self.options.mapping.clone(), self.http.clone())
+            .with_profile(&self.options.profile);
         let idp = &self.provider.idp;
-        let base = idp.counters().refresh_requests;
-        let freeze = Step::Advance { by: step::Span::Seconds(1) };
-        target.perform(&freeze, idp, "", start.as_millis()).await.map_err(|e| setup(e.to_string()))?;
-        let mut result = Ok(());
+        let refreshes = || users.iter().map(|u| idp.refresh_requests_of(u)).sum::<u64>();
+        if !wall {
+            let freeze = Step::Advance { by: step::Span::Seconds(1) };
+            if let Err(e) = target.perform(&freeze, idp, "", start.as_millis()).await {
+                return Checked::Inconclusive(e.to_string());
+            }
+        }
+        let mut result = Checked::Held;
         for (index, step) in steps.iter().enumerate() {
             self.steps.fetch_add(1, Ordering::Relaxed);
             let diverge =
                 |expected: String, observed: String| Divergence { index, step: step.clone(), expected, observed };
+            let check = checks.map(|c| c.iter().filter(|(i, _)| *i == index).map(|(_, c)| *c).collect::<Vec<_>>());
+            if wall {
+                oracle.follow(wall_now());
+            }
             let user = match step {
                 Step::Login { user, .. } => oracle.user_name(*user).to_owned(),
                 _ => String::new(),
@@ -253,32 +314,96 @@ impl Harness {
                 Step::Advance { by } => oracle.resolve(*by),
                 _ => Duration::ZERO,
             };
-            let freeze_at = oracle.now().saturating_add(freeze_at).as_millis();
-            let observed = match target.perform(step, idp, &user, freeze_at).await {
+            let freeze_at = oracle.now().saturating_add(freeze_at);
+            let (refreshes_before, oracle_refreshes_before, revocations_before) =
+                (refreshes(), oracle.refresh_requests(), oracle.revocations());
+            let performed = match step {
+                Step::Advance { .. } if wall => {
+                    let wait = wall_now().until(freeze_at);
+                    tokio::time::sleep(wait).await;
+                    Ok((Observation::Nothing, None))
+                }
+                _ => target.perform(step, idp, &user, freeze_at.as_millis()).await,
+            };
+            let observed = match performed {
                 Ok(o) => o,
+                Err(e) if checks.is_some() => {
+                    result = Checked::Inconclusive(format!("step {} ({step}): {e}", index + 1));
+                    break;
+                }
                 Err(e) => {
-                    result = Err(diverge("a protocol answer".into(), e.to_string()));
+                    result = Checked::Violated(diverge("a protocol answer".into(), e.to_string()));
                     break;
                 }
             };
             let expected = oracle.expect(step, observed.1.as_deref());
-            if expected != observed.0 {
-                result = Err(diverge(expected.to_string(), observed.0.to_string()));
-                break;
+            let Some(check) = check else {
+                if expected != observed.0 {
+                    result = Checked::Violated(diverge(expected.to_string(), observed.0.to_string()));
+                    break;
+                }
+                let requests = refreshes();
+                if requests != oracle.refresh_requests() {
+                    result = Checked::Violated(diverge(
+                        format!("{} refresh request(s) at the provider so far", oracle.refresh_requests()),
+                        format!("{requests}"),
+                    ));
+                    break;
+                }
+                continue;
+            };
+            for c in check {
+                let verdict = match c {
+                    Check::Answer => crate::verdict::judge_answer(step, &expected, &observed.0, &self.options.profile),
+                    Check::Refreshes => {
+                        let sent = refreshes() - refreshes_before;
+                        let allowed = oracle.refresh_requests() - oracle_refreshes_before;
+                        (sent > allowed).then(|| {
+                            (format!("at most {allowed} refresh request(s) at the provider"), format!("{sent}"))
+                        })
+                    }
+                    Check::Revoked => {
+                        let sid = step_device(step).and_then(|d| target.sid_of(d)).map(str::to_owned);
+                        match sid {
+                            Some(sid) if oracle.revocations() > revocations_before => {
+                                crate::verdict::judge_revoked(idp, &sid).await
+                            }
+                            _ => None,
+                        }
+                    }
+                    Check::CookieAttributes => crate::verdict::judge_cookie(target.last_session_cookie()),
+                };
+                if let Some((expected, observed)) = verdict {
+                    result = Checked::Violated(diverge(expected, observed));
+                    break;
+                }
             }
-            let requests = idp.counters().refresh_requests.saturating_sub(base);
-            if requests != oracle.refresh_requests() {
-                result = Err(diverge(
-                    format!("{} refresh request(s) at the provider so far", oracle.refresh_requests()),
-                    format!("{requests}"),
-                ));
+            if !matches!(result, Checked::Held) {
                 break;
             }
         }
-        // The next sequence starts after everything this one reached.
-        let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *next = (*next).max(oracle.now().saturating_add(gap));
+        if !wall {
+            // The next sequence starts after everything this one reached.
+            let gap = self.gap();
+            let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *next = (*next).max(oracle.now().saturating_add(gap));
+        }
         result
+    }
+
+    /// Past every earlier sequence's absolute deadlines, so their sessions can only be swept, never
+    /// refreshed, in the next one.
+    fn gap(&self) -> Duration {
+        let policy = &self.options.policy;
+        policy.absolute_lifetime + policy.background_recent_use + Duration::from_secs(86_400)
+    }
+
+    /// The start of the next sequence's stretch of the frozen clock.
+    fn claim_start(&self) -> Timestamp {
+        let mut next = self.next_start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = *next;
+        *next = start.saturating_add(self.gap());
+        start
     }
 
     /// Runs `options.sequences` generated sequences (blocking; call it outside the runtime), shrinking the
@@ -382,6 +507,24 @@ pub fn load_replay(path: &std::path::Path) -> Result<Vec<Step>, String> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str::<Repro>(&text).map(|r| r.steps).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The device a step acts for.
+fn step_device(step: &Step) -> Option<u8> {
+    match *step {
+        Step::Login { device, .. }
+        | Step::Call { device, .. }
+        | Step::Session { device }
+        | Step::Sessions { device }
+        | Step::Logout { device }
+        | Step::LogoutAll { device }
+        | Step::EndDevice { device, .. }
+        | Step::BackchannelLogout { device, .. }
+        | Step::FailNextRefresh { device, .. }
+        | Step::Burst { device, .. }
+        | Step::Replay { device } => Some(device),
+        Step::Advance { .. } | Step::Background => None,
+    }
 }
 
 fn setup(observed: String) -> Divergence {

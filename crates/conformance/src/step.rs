@@ -122,8 +122,10 @@ pub enum Span {
     HalfTokenLife,
     /// A third of the absolute lifetime.
     ThirdOfLifetime,
-    /// To one second before or after a deadline of the device's current session; one second when it has
-    /// none or the deadline has passed.
+    /// Half the idle timeout (a third of the absolute lifetime without one): a pause that use survives.
+    Keepalive,
+    /// To just before or after a deadline of the device's current session (one second on a test clock,
+    /// a little more than the tolerance on a wall clock); one second when it has none or it has passed.
     To {
         device: u8,
         deadline: Deadline,
@@ -194,10 +196,11 @@ impl fmt::Display for Span {
             Self::TouchInterval => f.write_str("one touch interval and a second"),
             Self::HalfTokenLife => f.write_str("half an access token's life and a second"),
             Self::ThirdOfLifetime => f.write_str("a third of the absolute lifetime"),
+            Self::Keepalive => f.write_str("half the idle timeout"),
             Self::To { device, deadline, side } => {
                 let side = match side {
-                    Side::Before => "to 1 s before",
-                    Side::After => "to 1 s after",
+                    Side::Before => "to just before",
+                    Side::After => "to just after",
                 };
                 let deadline = match deadline {
                     Deadline::AccessExpiry => "access token's expiry",

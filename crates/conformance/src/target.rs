@@ -11,6 +11,7 @@ use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 
 use crate::mapping::Mapping;
+use crate::profile::{Conventions, Profile, Supports};
 use crate::oracle::{CHOSEN_PROOF, CookieChange, FOREIGN_FALLBACK, NO_HANDLE, Observation, Status};
 use crate::step::{CallMethod, DEVICES, Failure, LogoutBy, Proof, Step};
 
@@ -62,6 +63,10 @@ pub struct Target {
     mapping: Mapping,
     http: reqwest::Client,
     devices: Vec<Jar>,
+    conventions: Conventions,
+    supports: Supports,
+    /// The attributes (never the value) of the latest `Set-Cookie` for the session cookie.
+    last_session_cookie: Option<String>,
 }
 
 impl fmt::Debug for Jar {
@@ -78,7 +83,27 @@ impl Target {
             mapping,
             http,
             devices: vec![Jar::default(); usize::from(DEVICES)],
+            conventions: Conventions::default(),
+            supports: Supports::default(),
+            last_session_cookie: None,
         }
+    }
+
+    /// Speaks to the target as `profile` says (login dance, logout method, what a session answer holds).
+    pub fn with_profile(mut self, profile: &Profile) -> Self {
+        self.conventions = profile.http.clone();
+        self.supports = profile.supports;
+        self
+    }
+
+    /// The attributes of the latest session cookie a response set, without its value.
+    pub fn last_session_cookie(&self) -> Option<&str> {
+        self.last_session_cookie.as_deref()
+    }
+
+    /// The provider session (`sid`) of the device's latest sign-in.
+    pub fn sid_of(&self, device: u8) -> Option<&str> {
+        self.devices.get(usize::from(device)).and_then(|j| j.sid.as_deref())
     }
 
     fn jar(&mut self, device: u8) -> &mut Jar {
@@ -119,6 +144,9 @@ impl Target {
     /// Stores the cookies a response set in the device's jar; says what happened to the session cookie.
     fn absorb(&mut self, device: u8, headers: &HeaderMap) -> CookieChange {
         let session_name = self.mapping.session_cookie.clone();
+        if let Some(attributes) = session_cookie_attributes(headers, &session_name) {
+            self.last_session_cookie = Some(attributes);
+        }
         let jar = self.jar(device);
         for (name, value) in set_cookies(headers) {
             if name == session_name
@@ -181,7 +209,10 @@ impl Target {
                 }
                 Observation::Nothing
             }
-            Step::Logout { device } => self.unsafe_own(device, Method::POST, &m.logout).await?,
+            Step::Logout { device } => {
+                let method = if self.conventions.logout_method == "GET" { Method::GET } else { Method::POST };
+                self.unsafe_own(device, method, &m.logout).await?
+            }
             Step::LogoutAll { device } => self.unsafe_own(device, Method::POST, &m.logout_all).await?,
             Step::EndDevice { device, other } => {
                 let handle =
@@ -296,7 +327,11 @@ impl Target {
         user: &str,
     ) -> Result<(Observation, Option<String>), TargetError> {
         let m = self.mapping.clone();
-        let start_path = format!("{}?return_to=/&login_hint={user}", m.login);
+        let start_path = if self.conventions.login_query {
+            format!("{}?return_to=/&login_hint={user}", m.login)
+        } else {
+            m.login.clone()
+        };
         let cookies = Self::cookie_header(&self.jar(device).cookies);
         let start = self.send(Method::GET, &start_path, cookies, &[], None).await?;
         let start_cookie = self.absorb(device, &start.headers);
@@ -306,6 +341,7 @@ impl Target {
                 None,
             ));
         };
+        let authorize = with_login_hint(&authorize, user);
         let approved = self.send(Method::GET, &authorize, None, &[], None).await?;
         let callback = location(&approved).ok_or_else(|| {
             TargetError::Protocol(format!("the provider's authorize endpoint answered {}", approved.status))
@@ -315,7 +351,12 @@ impl Target {
         let cookie = self.absorb(device, &r.headers);
         let observed = Observation::Response { status: Status::of(r.status.as_u16()), cookie };
         let sid = idp.latest_sid(user);
-        if cookie == CookieChange::Set {
+        if cookie == CookieChange::Set && !self.supports.device_list {
+            let j = self.jar(device);
+            j.handle = None;
+            j.user = Some(user.to_owned());
+            j.sid.clone_from(&sid);
+        } else if cookie == CookieChange::Set {
             let s = self.get(device, &m.session).await?;
             let v: serde_json::Value = serde_json::from_str(&s.body).unwrap_or_default();
             let handle = v["session"]["handle"].as_str().map(str::to_owned).ok_or_else(|| {
@@ -331,6 +372,27 @@ impl Target {
         }
         Ok((observed, sid))
     }
+}
+
+/// The authorize URL with `login_hint` added when the target did not pass one: the harness's provider
+/// signs the hinted user in at once, whatever the target put in the request.
+fn with_login_hint(authorize: &str, user: &str) -> String {
+    match url::Url::parse(authorize) {
+        Ok(mut url) if !url.query_pairs().any(|(k, _)| k == "login_hint") => {
+            url.query_pairs_mut().append_pair("login_hint", user);
+            url.into()
+        }
+        _ => authorize.to_owned(),
+    }
+}
+
+/// The attributes of the session cookie a response sets (the value replaced by `…`), if it sets one.
+fn session_cookie_attributes(headers: &HeaderMap, session_cookie: &str) -> Option<String> {
+    headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).rev().find_map(|header| {
+        let (pair, attributes) = header.split_once(';').unwrap_or((header, ""));
+        let (name, value) = pair.split_once('=')?;
+        (name.trim() == session_cookie && !value.trim().is_empty()).then(|| format!("{name}=…;{attributes}"))
+    })
 }
 
 fn location(r: &Response) -> Option<String> {

@@ -89,6 +89,17 @@ impl DevIdp {
         self.inner.signer.sign_logout(claims)
     }
 
+    /// Refresh requests received for grants of user `sub`, whatever their outcome.
+    pub fn refresh_requests_of(&self, sub: &str) -> u64 {
+        self.inner.refresh_requests_of(sub)
+    }
+
+    /// Whether provider session `sid` still has an active grant (its refresh token still works); `None`
+    /// when no grant was ever issued for it.
+    pub fn grant_active(&self, sid: &str) -> Option<bool> {
+        self.inner.grant_active(sid)
+    }
+
     /// The `sid` of the provider session most recently created for `sub`.
     pub fn latest_sid(&self, sub: &str) -> Option<String> {
         self.inner.latest_sid(sub)

@@ -222,6 +222,7 @@ async fn token_inner(
         "authorization_code" => idp.exchange_code(get("code"), get("redirect_uri"), get("code_verifier")),
         "refresh_token" => {
             bump(&idp.counters.refresh_requests);
+            idp.count_refresh_of(get("refresh_token"));
             match idp.take_fault(get("refresh_token")) {
                 Some(Fault::InvalidGrant) => {
                     idp.revoke_grant_of(get("refresh_token"));
@@ -259,14 +260,18 @@ fn userinfo(authorization: Option<String>, idp: Arc<Inner>) -> Reply {
     if !idp.access_token_active(token) {
         return json_reply(StatusCode::UNAUTHORIZED, &json!({ "error": "invalid_token" }));
     }
-    // The access token is our own JWT; its payload names the subject.
-    let sub = token
+    // The access token is our own JWT; its payload names the subject and the expiry an API must enforce
+    // (a relying party that forwards an expired token is told so, as a resource server would).
+    let claims = token
         .split('.')
         .nth(1)
         .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["sub"].as_str().map(str::to_owned))
         .unwrap_or_default();
+    if claims["exp"].as_u64().is_some_and(|exp| exp <= crate::state::now_secs()) {
+        return json_reply(StatusCode::UNAUTHORIZED, &json!({ "error": "invalid_token", "error_description": "expired" }));
+    }
+    let sub = claims["sub"].as_str().unwrap_or_default().to_owned();
     json_reply(StatusCode::OK, &json!({ "sub": sub, "email": format!("{sub}@example.test") }))
 }
 

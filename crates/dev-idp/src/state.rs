@@ -87,6 +87,8 @@ pub(crate) struct Memory {
     /// Faults for the grant of one provider session (by `sid`), taken before the general ones.
     pub faults_for: HashMap<String, VecDeque<Fault>>,
     pub next_grant: u64,
+    /// Refresh requests received per user (`sub`), for harnesses that run several users at once.
+    pub refreshes_by_sub: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -189,6 +191,27 @@ impl Inner {
 
     pub fn latest_sid(&self, sub: &str) -> Option<String> {
         self.memory().latest_sid.get(sub).cloned()
+    }
+
+    /// Counts a refresh request against the user whose grant the presented token belongs to.
+    pub fn count_refresh_of(&self, refresh_token: &str) {
+        let mut m = self.memory();
+        let sub = m.refresh.get(refresh_token).and_then(|(grant, _)| m.grants.get(grant)).map(|g| g.sub.clone());
+        if let Some(sub) = sub {
+            *m.refreshes_by_sub.entry(sub).or_default() += 1;
+        }
+    }
+
+    pub fn refresh_requests_of(&self, sub: &str) -> u64 {
+        self.memory().refreshes_by_sub.get(sub).copied().unwrap_or(0)
+    }
+
+    /// Whether any grant of provider session `sid` is still active; `None` for an unknown `sid`.
+    pub fn grant_active(&self, sid: &str) -> Option<bool> {
+        let m = self.memory();
+        let mut grants = m.grants.values().filter(|g| g.sid == sid).peekable();
+        grants.peek()?;
+        Some(grants.any(|g| g.active))
     }
 
     /// Records a sign-in and returns the code for it.
