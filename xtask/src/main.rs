@@ -8,6 +8,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod conformance;
+
+use conformance::conformance;
+
 const FUZZ_TARGETS: [&str; 6] =
     ["lifecycle", "cookie_header", "client_ip", "return_path", "record_decode", "check_trace"];
 
@@ -21,6 +25,9 @@ commands:
   interop            the server against panva's oidc-provider (npm; installs Node and the package if missing)
   conformance [N]    the conformance harness against the reference server binary, N sequences (default 200)
                      under each preset, then its audit trail through check-trace
+  conformance-report every target's report card (this server under each preset, Apache httpd +
+                     mod_auth_openidc, express-openid-connect with cookie and with store sessions; installs
+                     the peers), written to CONFORMANCE.md and the README's table
   fuzz [--minimize] [SECS] [T..]
                      run fuzz targets on nightly for SECS seconds each (default 60, all targets) on their
                      committed corpora; --minimize then shrinks each corpus (cargo fuzz cmin) for committing.
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
             .and_then(|()| mutants(Some(None))),
         Some("interop") => interop(),
         Some("browser") => browser(),
+        Some("conformance-report") => conformance::report(),
         Some("conformance") => conformance(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200)),
         Some("lint") => lint(),
         Some("fuzz") => {
@@ -77,17 +85,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed with {status}")) }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root());
     cmd
@@ -179,12 +187,15 @@ fn server_decides_nothing() -> Result<(), String> {
 
 /// Installs Debian's chromium and chromium-driver when missing, then runs the browser test; the screenshot of
 /// the signed-in demo lands in target/browser/.
+/// Installs Debian packages (apt-get update first: a clean machine has no package lists).
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn browser() -> Result<(), String> {
     if Command::new("chromedriver").arg("--version").output().is_err() {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "chromium", "chromium-driver"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&["chromium", "chromium-driver"])?;
     }
     run(cargo().args(["test", "-p", "bff-session-server", "--test", "browser", "--", "--ignored", "--nocapture"]))
 }
@@ -192,62 +203,13 @@ fn browser() -> Result<(), String> {
 /// Installs oidc-provider from npm (and Node from Debian when missing), then runs the interop test.
 fn interop() -> Result<(), String> {
     if Command::new("node").arg("--version").output().is_err() {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "nodejs", "npm"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&["nodejs", "npm"])?;
     }
     run(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(root().join("interop")))?;
     run(cargo().args(["test", "-p", "bff-session-conformance", "--test", "interop", "--", "--ignored", "--nocapture"]))
 }
 
-/// Runs the harness binary against the reference server binary under every preset; the harness starts its
-/// provider, then the server (pointed at it, with the test clock and an audit trail), and checks the trail.
-fn conformance(sequences: u32) -> Result<(), String> {
-    run(cargo().args(["build", "-p", "bff-session-server", "-p", "bff-session-conformance"]))?;
-    let bin = root().join("target/debug");
-    for (seed, preset) in bff_presets().into_iter().enumerate() {
-        let dir = root().join("target/conformance").join(preset);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let target = format!("http://127.0.0.1:{port}");
-        let audit = dir.join("audit.jsonl");
-        let launch = format!(
-            "exec {server} serve --listen 127.0.0.1:{port} --public-url {target} --issuer \"$BFF_CONFORMANCE_ISSUER\" \
-             --client-id \"$BFF_CONFORMANCE_CLIENT_ID\" --client-secret \"$BFF_CONFORMANCE_CLIENT_SECRET\" \
-             --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --policy {preset} --data-dir {data} \
-             --audit-log {audit} >{log} 2>&1",
-            server = bin.join("bff-session").display(),
-            data = dir.join("data").display(),
-            audit = audit.display(),
-            log = dir.join("server.log").display(),
-        );
-        run(Command::new(bin.join("bff-session-conformance")).current_dir(root()).args([
-            "run",
-            "--target",
-            &target,
-            "--policy",
-            preset,
-            "--sequences",
-            &sequences.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--provider-listen",
-            "127.0.0.1:0",
-            "--launch",
-            &launch,
-            "--trace",
-            &audit.display().to_string(),
-        ]))?;
-    }
-    Ok(())
-}
-
-fn bff_presets() -> [&'static str; 3] {
+pub(crate) fn bff_presets() -> [&'static str; 3] {
     ["default", "helix", "asvs-l2"]
 }
 

@@ -143,6 +143,8 @@ pub enum Unauthenticated {
     Status401,
     /// A redirect to sign in.
     Redirect,
+    /// 401 for a request without a session, a redirect to sign in again for one whose session expired.
+    Status401OrRedirect,
 }
 
 /// Why a profile cannot be used.

@@ -73,7 +73,8 @@ fn expected_meaning(status: Status) -> Meaning {
 /// What the target meant, by its profile's conventions.
 fn observed_meaning(status: Status, unauthenticated: Unauthenticated) -> Meaning {
     match (status, unauthenticated) {
-        (Status::Unauthorized, _) | (Status::Redirect, Unauthenticated::Redirect) => Meaning::SignedOut,
+        (Status::Unauthorized, _)
+        | (Status::Redirect, Unauthenticated::Redirect | Unauthenticated::Status401OrRedirect) => Meaning::SignedOut,
         (other, _) => expected_meaning(other),
     }
 }
