@@ -136,9 +136,7 @@ impl Invariant {
             Self::CsrfBoundToSession if !s.csrf => {
                 missing("CSRF proof: its unsafe requests are protected by the SameSite cookie alone")
             }
-            Self::IdleDeadline if policy.idle_timeout.is_none() => {
-                Some("the policy has no idle timeout".to_owned())
-            }
+            Self::IdleDeadline if policy.idle_timeout.is_none() => Some("the policy has no idle timeout".to_owned()),
             _ => None,
         }
     }

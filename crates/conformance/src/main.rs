@@ -155,9 +155,12 @@ fn free_port() -> std::io::Result<u16> {
 fn versions(profile: &Profile) -> Vec<String> {
     let Some(cmd) = &profile.versions else { return vec![format!("{} (this repository)", profile.title)] };
     match std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&profile.dir).output() {
-        Ok(out) if out.status.success() => {
-            String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect()
-        }
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
         Ok(out) => vec![format!("(the versions command failed: {})", String::from_utf8_lossy(&out.stderr).trim())],
         Err(e) => vec![format!("(the versions command could not run: {e})")],
     }
@@ -280,7 +283,13 @@ fn report_card(args: ReportArgs) -> ExitCode {
     };
     for v in &card.verdicts {
         let detail = v.reproducer.as_ref().map(|r| format!(": expected {}, observed {}", r.expected, r.observed));
-        println!("  {:<34} {:?} ({} sequences){}", v.invariant.name(), v.outcome, v.exercised, detail.unwrap_or_default());
+        println!(
+            "  {:<34} {:?} ({} sequences){}",
+            v.invariant.name(),
+            v.outcome,
+            v.exercised,
+            detail.unwrap_or_default()
+        );
     }
     let path = args.out.join(format!("{}.json", profile.name));
     let written = std::fs::create_dir_all(&args.out)

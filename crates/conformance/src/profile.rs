@@ -164,7 +164,9 @@ impl fmt::Display for ProfileError {
             Self::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
             Self::Parse(p, e) => write!(f, "invalid profile {}: {e}", p.display()),
             Self::Mapping(e) => write!(f, "profile paths: {e}"),
-            Self::UnknownPreset(p) => write!(f, "unknown policy preset {p:?}; use one of {}", Policy::PRESETS.join(", ")),
+            Self::UnknownPreset(p) => {
+                write!(f, "unknown policy preset {p:?}; use one of {}", Policy::PRESETS.join(", "))
+            }
             Self::Policy(e) => write!(f, "profile policy: {e}"),
             Self::LogoutMethod(m) => write!(f, "logout_method must be GET or POST, not {m:?}"),
         }

@@ -11,8 +11,8 @@ use reqwest::header::{COOKIE, HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 
 use crate::mapping::Mapping;
-use crate::profile::{Conventions, Profile, Supports};
 use crate::oracle::{CHOSEN_PROOF, CookieChange, FOREIGN_FALLBACK, NO_HANDLE, Observation, Status};
+use crate::profile::{Conventions, Profile, Supports};
 use crate::step::{CallMethod, DEVICES, Failure, LogoutBy, Proof, Step};
 
 /// Why a step could not be carried out at all (as opposed to the target answering wrongly).

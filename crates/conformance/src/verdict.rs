@@ -80,7 +80,8 @@ fn observed_meaning(status: Status, unauthenticated: Unauthenticated) -> Meaning
 }
 
 fn meanings(observation: &Observation, unauthenticated: Unauthenticated, expected: bool) -> Vec<Meaning> {
-    let one = |status: Status| if expected { expected_meaning(status) } else { observed_meaning(status, unauthenticated) };
+    let one =
+        |status: Status| if expected { expected_meaning(status) } else { observed_meaning(status, unauthenticated) };
     match observation {
         Observation::Response { status, .. } | Observation::Listed { status, .. } | Observation::Answered(status) => {
             vec![one(*status)]
@@ -203,8 +204,8 @@ impl Effort {
     /// one at a time.
     pub fn for_clock(clock: ClockMode, seed: u64) -> Self {
         match clock {
-            ClockMode::Wall => Self { sequences: 3, shrink_runs: 6, parallel: 40, seed },
-            ClockMode::Test => Self { sequences: 12, shrink_runs: 64, parallel: 1, seed },
+            ClockMode::Wall => Self { sequences: 6, shrink_runs: 6, parallel: 66, seed },
+            ClockMode::Test => Self { sequences: 30, shrink_runs: 64, parallel: 1, seed },
         }
     }
 }
@@ -237,8 +238,7 @@ pub async fn evaluate(harness: Arc<Harness>, effort: Effort) -> Vec<Verdict> {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&effort.seed.to_le_bytes());
         seed[8] = n as u8;
-        let mut runner =
-            TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+        let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
         let strategy = invariant.scenarios(&profile, &policy);
         for _ in 0..effort.sequences {
             match strategy.new_tree(&mut runner) {

@@ -269,7 +269,10 @@ fn userinfo(authorization: Option<String>, idp: Arc<Inner>) -> Reply {
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .unwrap_or_default();
     if claims["exp"].as_u64().is_some_and(|exp| exp <= crate::state::now_secs()) {
-        return json_reply(StatusCode::UNAUTHORIZED, &json!({ "error": "invalid_token", "error_description": "expired" }));
+        return json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({ "error": "invalid_token", "error_description": "expired" }),
+        );
     }
     let sub = claims["sub"].as_str().unwrap_or_default().to_owned();
     json_reply(StatusCode::OK, &json!({ "sub": sub, "email": format!("{sub}@example.test") }))

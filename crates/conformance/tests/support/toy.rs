@@ -221,19 +221,25 @@ impl Toy {
             },
             ("POST", "/auth/logout") => match self.check(&request) {
                 Checked::Live(key) => {
-                    let mut inner = self.lock();
-                    let now = inner.now;
-                    let _ = inner.registry.revoke(key, RevocationReason::Logout, now);
+                    let effects = {
+                        let mut inner = self.lock();
+                        let now = inner.now;
+                        inner.registry.revoke(key, RevocationReason::Logout, now).effects
+                    };
+                    self.revoke_at_provider(&effects).await;
                     with_cookies(reply(StatusCode::OK, json!({})), &clear())
                 }
                 Checked::Refused(r) => r,
             },
             ("POST", "/auth/logout-all") => match self.check(&request) {
                 Checked::Live(key) => {
-                    let mut inner = self.lock();
-                    let now = inner.now;
-                    let user = inner.registry.get(&key).map(|s| s.user().clone()).unwrap();
-                    let _ = inner.registry.revoke_user(&user, RevocationReason::LogoutEverywhere, now);
+                    let effects = {
+                        let mut inner = self.lock();
+                        let now = inner.now;
+                        let user = inner.registry.get(&key).map(|s| s.user().clone()).unwrap();
+                        inner.registry.revoke_user(&user, RevocationReason::LogoutEverywhere, now).effects
+                    };
+                    self.revoke_at_provider(&effects).await;
                     with_cookies(reply(StatusCode::OK, json!({})), &clear())
                 }
                 Checked::Refused(r) => r,
@@ -295,6 +301,21 @@ impl Toy {
             .header("location", authorize.as_str())
             .body(String::new())
             .unwrap()
+    }
+
+    /// RFC 7009 for every refresh token the transition says to revoke.
+    async fn revoke_at_provider(&self, effects: &[Effect]) {
+        for effect in effects {
+            if let Effect::RevokeAtProvider { token } = effect {
+                let form = [
+                    ("token", token.expose()),
+                    ("token_type_hint", "refresh_token"),
+                    ("client_id", "conformance"),
+                    ("client_secret", "conformance-secret"),
+                ];
+                let _ = self.http.post(format!("{}/revoke", self.issuer)).form(&form).send().await;
+            }
+        }
     }
 
     async fn callback(&self, q: &HashMap<String, String>, request: &Request<'_>) -> Reply {
