@@ -10,7 +10,7 @@ use std::time::Instant;
 use bff_session_conformance::profile::{ClockMode, Profile, TOLERANCE};
 use bff_session_conformance::report::{self, Card};
 use bff_session_conformance::run::{Harness, Options, load_replay};
-use bff_session_conformance::verdict::{self, Effort};
+use bff_session_conformance::verdict::{self, Effort, Outcome};
 use bff_session_conformance::{Mapping, provider};
 use bff_session_core::Policy;
 use clap::{Parser, Subcommand};
@@ -300,6 +300,11 @@ fn report_card(args: ReportArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     println!("{}: {:.0} s, card {}", profile.title, card.elapsed_secs, path.display());
+    let applicable = card.verdicts.iter().filter(|v| v.outcome != Outcome::NotApplicable);
+    if applicable.clone().count() > 0 && applicable.clone().all(|v| v.outcome == Outcome::Inconclusive) {
+        eprintln!("{} started but could not be driven through any sequence", profile.title);
+        return ExitCode::from(2);
+    }
     if args.strict && !card.clean() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 

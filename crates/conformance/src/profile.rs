@@ -231,44 +231,21 @@ impl Profile {
         Duration::from_secs(self.token_ttl_secs.max(1))
     }
 
-    /// The profile of this repository's server under `preset`, on its test clock.
+    /// The profile of this repository's server under `preset`, on its test clock: its committed profile
+    /// (`targets/bff-session/profile.toml`) with that preset.
     pub fn reference(preset: &str) -> Result<Self, ProfileError> {
+        let mut profile = Self::parse(REFERENCE)?;
         Policy::preset(preset).ok_or_else(|| ProfileError::UnknownPreset(preset.to_owned()))?;
-        Ok(Self {
-            name: format!("bff-session-{preset}"),
-            title: format!("bff-session ({preset})"),
-            launch: String::new(),
-            versions: None,
-            clock: ClockMode::Test,
-            token_ttl_secs: 600,
-            policy: PolicySpec {
-                preset: preset.to_owned(),
-                absolute_secs: None,
-                idle_secs: None,
-                touch_secs: None,
-                refresh_margin_secs: None,
-                clock_skew_secs: None,
-                assumed_token_lifetime_secs: None,
-                background_window_secs: None,
-            },
-            supports: Supports {
-                csrf: true,
-                device_list: true,
-                logout_everywhere: true,
-                end_device: true,
-                backchannel_logout: true,
-                api_proxy: true,
-                background: true,
-            },
-            http: Conventions::default(),
-            paths: None,
-            notes: BTreeMap::new(),
-            confirmed_by: BTreeMap::new(),
-            dir: PathBuf::new(),
-            mapping: Mapping::default(),
-        })
+        profile.name = format!("bff-session-{preset}");
+        profile.title = format!("bff-session ({preset})");
+        profile.policy.preset = preset.to_owned();
+        profile.launch = profile.launch.replace("--policy default", &format!("--policy {preset}"));
+        Ok(profile)
     }
 }
+
+/// This repository's server's profile.
+const REFERENCE: &str = include_str!("../targets/bff-session/profile.toml");
 
 #[cfg(test)]
 mod tests {
@@ -313,6 +290,20 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_profile_supports_everything_under_each_preset() {
+        for preset in Policy::PRESETS {
+            let p = Profile::reference(preset).unwrap();
+            assert_eq!(p.policy().unwrap(), Policy::preset(preset).unwrap());
+            assert_eq!(p.mapping, Mapping::default());
+            assert!(p.launch.contains(&format!("--policy {preset}")));
+            let s = p.supports;
+            assert!(s.csrf && s.device_list && s.logout_everywhere && s.end_device && s.backchannel_logout);
+            assert!(s.api_proxy && s.background && p.clock == ClockMode::Test);
+        }
+        assert!(Profile::reference("nope").is_err());
+    }
+
+    #[test]
     fn a_policy_core_refuses_is_refused_here() {
         let bad = WALL.replace("touch_secs = 2", "touch_secs = 30");
         assert!(matches!(Profile::parse(&bad), Err(ProfileError::Policy(_))));
@@ -331,6 +322,6 @@ mod tests {
                 seen += 1;
             }
         }
-        assert!(seen >= 3, "expected the apache and two express profiles, found {seen}");
+        assert!(seen >= 4, "expected this server's, the apache and two express profiles, found {seen}");
     }
 }

@@ -204,7 +204,7 @@ impl Effort {
     /// one at a time.
     pub fn for_clock(clock: ClockMode, seed: u64) -> Self {
         match clock {
-            ClockMode::Wall => Self { sequences: 6, shrink_runs: 6, parallel: 66, seed },
+            ClockMode::Wall => Self { sequences: 6, shrink_runs: 6, parallel: 33, seed },
             ClockMode::Test => Self { sequences: 30, shrink_runs: 64, parallel: 1, seed },
         }
     }
