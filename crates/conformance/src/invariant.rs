@@ -123,7 +123,7 @@ impl Invariant {
     /// Why the invariant cannot be put to this target, or `None` when it applies.
     pub fn not_applicable(self, profile: &Profile, policy: &Policy) -> Option<String> {
         let s = &profile.supports;
-        let missing = |what: &str| Some(format!("the target has no {what} (profile)"));
+        let missing = |what: &str| Some(format!("the profile declares no {what}"));
         match self {
             Self::SingleFlightBurstAtExpiry | Self::InvalidGrantEndsSession | Self::TransientFailureKeepsSession
                 if !s.api_proxy =>
@@ -133,9 +133,7 @@ impl Invariant {
             Self::BackchannelLogoutBySid | Self::BackchannelLogoutBySub if !s.backchannel_logout => {
                 missing("back-channel logout endpoint")
             }
-            Self::CsrfBoundToSession if !s.csrf => {
-                missing("CSRF proof: its unsafe requests are protected by the SameSite cookie alone")
-            }
+            Self::CsrfBoundToSession if !s.csrf => missing("CSRF proof bound to the session"),
             Self::IdleDeadline if policy.idle_timeout.is_none() => Some("the policy has no idle timeout".to_owned()),
             _ => None,
         }

@@ -17,6 +17,7 @@
 //! The protocol a target must speak is in this crate's README.
 
 pub mod invariant;
+pub mod judge;
 pub mod mapping;
 pub mod oracle;
 pub mod profile;

@@ -240,6 +240,8 @@ impl Profile {
         profile.title = format!("bff-session ({preset})");
         profile.policy.preset = preset.to_owned();
         profile.launch = profile.launch.replace("--policy default", &format!("--policy {preset}"));
+        // The harness is built from the same workspace as the server it judges.
+        profile.versions = Some(format!("echo 'bff-session {} (this repository)'", env!("CARGO_PKG_VERSION")));
         Ok(profile)
     }
 }

@@ -367,7 +367,7 @@ impl Harness {
             };
             for c in check {
                 let verdict = match c {
-                    Check::Answer => crate::verdict::judge_answer(step, &expected, &observed.0, &self.options.profile),
+                    Check::Answer => crate::judge::judge_answer(step, &expected, &observed.0, &self.options.profile),
                     Check::Refreshes => {
                         let sent = refreshes() - refreshes_before;
                         let allowed = oracle.refresh_requests() - oracle_refreshes_before;
@@ -379,12 +379,12 @@ impl Harness {
                         let sid = step_device(step).and_then(|d| target.sid_of(d)).map(str::to_owned);
                         match sid {
                             Some(sid) if oracle.revocations() > revocations_before => {
-                                crate::verdict::judge_revoked(idp, &sid).await
+                                crate::judge::judge_revoked(idp, &sid).await
                             }
                             _ => None,
                         }
                     }
-                    Check::CookieAttributes => crate::verdict::judge_cookie(target.last_session_cookie()),
+                    Check::CookieAttributes => crate::judge::judge_cookie(target.last_session_cookie()),
                 };
                 if let Some((expected, observed)) = verdict {
                     result = if c == Check::Answer && slowest > TOLERANCE {
