@@ -154,7 +154,11 @@ fn free_port() -> std::io::Result<u16> {
 /// The lines a profile's `versions` command prints.
 fn versions(profile: &Profile) -> Vec<String> {
     let Some(cmd) = &profile.versions else { return vec![format!("{} (this repository)", profile.title)] };
-    match std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&profile.dir).output() {
+    let mut command = std::process::Command::new("sh");
+    if !profile.dir.as_os_str().is_empty() {
+        command.current_dir(&profile.dir);
+    }
+    match command.arg("-c").arg(cmd).output() {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::trim)
