@@ -72,7 +72,8 @@ pub struct Common {
     /// Time limit of one call to the provider's token endpoint; must be shorter than the refresh lease.
     #[arg(long, env = "BFF_SESSION_REFRESH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub refresh_timeout: Duration,
-    /// Enable POST /__test/clock to move the server's clock. Never in production.
+    /// Enable POST /__test/clock to move the server's clock: refused unless --listen is a loopback address,
+    /// since any client could then age every session. Never in production.
     #[arg(long, env = "BFF_SESSION_TEST_CLOCK")]
     pub test_clock: bool,
     /// Append an audit trail of every session transition to this file, as JSON lines (see the conformance
@@ -101,6 +102,10 @@ pub struct ServeArgs {
     /// The API that /api/* forwards to, with the access token attached.
     #[arg(long, env = "BFF_SESSION_UPSTREAM")]
     pub upstream: Option<url::Url>,
+    /// Allow an http:// public URL other than localhost. Without TLS the cookies lose `Secure` and the
+    /// `__Host-` prefix, and anyone on the path can take a session.
+    #[arg(long, env = "BFF_SESSION_INSECURE_HTTP")]
+    pub insecure_http: bool,
 }
 
 #[cfg(feature = "demo")]
@@ -111,6 +116,10 @@ pub struct DemoArgs {
     /// Access-token lifetime of the embedded provider; short so refreshes are visible.
     #[arg(long, env = "BFF_SESSION_DEMO_TOKEN_TTL", value_parser = parse_duration, default_value = "2m")]
     pub access_token_ttl: Duration,
+    /// Let the demo listen on a non-loopback address. Its provider signs in anyone who types a name, and its
+    /// /idp/admin endpoints (fail the next refresh, send logout tokens) are open to every client.
+    #[arg(long, env = "BFF_SESSION_DEMO_EXPOSE_TO_THE_NETWORK")]
+    pub expose_demo_to_the_network: bool,
 }
 
 /// Where the OpenID provider is.
@@ -225,6 +234,15 @@ impl Common {
                 format!("must be shorter than the refresh lease ({}s)", policy.refresh_lease.as_secs()),
             ));
         }
+        if self.test_clock && !self.listen.ip().is_loopback() {
+            return Err(err(
+                "--test-clock",
+                format!(
+                    "refused on {}: any client could move the clock and age every session; use it only on a loopback address",
+                    self.listen
+                ),
+            ));
+        }
         let trusted_proxies =
             TrustedProxies::parse(&self.trusted_proxies).map_err(|e| err("--trusted-proxies", e.to_string()))?;
         if let Some(url) = &self.public_url {
@@ -274,10 +292,23 @@ impl Command {
                 if !scopes.iter().any(|s| s == "openid") {
                     return Err(err("--scopes", "must include openid"));
                 }
+                if !a.insecure_http {
+                    refuse_plain_http(a.common.public_url.as_deref(), a.common.listen)?;
+                }
                 a.common.settings(provider, scopes, upstream, false)
             }
             #[cfg(feature = "demo")]
             Self::Demo(a) => {
+                if !a.common.listen.ip().is_loopback() && !a.expose_demo_to_the_network {
+                    return Err(err(
+                        "--listen",
+                        format!(
+                            "the demo refuses {}: its provider signs in anyone and its /idp/admin endpoints are open; \
+                             listen on a loopback address, or pass --expose-demo-to-the-network",
+                            a.common.listen
+                        ),
+                    ));
+                }
                 let scopes = ["openid", "profile", "email", "offline_access"].map(str::to_owned).to_vec();
                 a.common.settings(
                     Provider::Embedded { access_token_ttl: a.access_token_ttl },
@@ -288,6 +319,29 @@ impl Command {
             }
         }
     }
+}
+
+/// `serve` speaks plain HTTP to browsers only on this machine: elsewhere the cookies would lose `Secure`
+/// and `__Host-`. The public URL defaults to `http://LISTEN`.
+fn refuse_plain_http(public_url: Option<&str>, listen: SocketAddr) -> Result<(), ConfigError> {
+    let origin = public_url.map_or_else(|| format!("http://{listen}"), str::to_owned);
+    let Ok(url) = url::Url::parse(&origin) else { return Ok(()) };
+    let local = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "http" && !local {
+        return Err(err(
+            "--public-url",
+            format!(
+                "{origin} is plain HTTP on a non-local host: the cookies would lose Secure and the __Host- prefix; \
+                 serve https (behind a TLS proxy) or pass --insecure-http"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -319,5 +373,44 @@ mod tests {
         assert_eq!(demo(&["--refresh-timeout", "60s"]).unwrap_err().setting, "--refresh-timeout");
         assert_eq!(demo(&["--touch-interval", "30d"]).unwrap_err().setting, "--policy and its overrides");
         assert!(demo(&[]).is_ok());
+    }
+
+    fn serve(extra: &[&str]) -> Result<Settings, ConfigError> {
+        let mut args = vec!["bff-session", "serve", "--issuer", "https://idp.example", "--client-id", "c"];
+        args.extend_from_slice(&["--client-secret", "s"]);
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).map_err(|e| err("args", e.to_string()))?.command.settings()
+    }
+
+    #[test]
+    fn the_test_clock_is_refused_off_loopback() {
+        let e = serve(&["--test-clock", "--listen", "0.0.0.0:8080", "--insecure-http"]).unwrap_err();
+        assert_eq!(e.setting, "--test-clock");
+        assert!(e.reason.contains("0.0.0.0:8080"), "{}", e.reason);
+        assert!(serve(&["--test-clock", "--listen", "127.0.0.1:8080"]).is_ok_and(|s| s.test_clock));
+        assert!(serve(&["--test-clock", "--listen", "[::1]:8080"]).is_ok());
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_this_machine_unless_insecure_http() {
+        let e = serve(&["--public-url", "http://app.example.com"]).unwrap_err();
+        assert_eq!(e.setting, "--public-url");
+        assert!(e.reason.contains("Secure") && e.reason.contains("--insecure-http"), "{}", e.reason);
+        // The default public URL is http://LISTEN.
+        assert_eq!(serve(&["--listen", "0.0.0.0:8080"]).unwrap_err().setting, "--public-url");
+        assert!(serve(&["--listen", "0.0.0.0:8080", "--public-url", "https://app.example.com"]).is_ok());
+        assert!(serve(&["--public-url", "http://app.example.com", "--insecure-http"]).is_ok());
+        for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"] {
+            assert!(serve(&["--public-url", local]).is_ok(), "{local}");
+        }
+    }
+
+    #[cfg(feature = "demo")]
+    #[test]
+    fn the_demo_stays_on_loopback_unless_told_otherwise() {
+        let e = demo(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+        assert_eq!(e.setting, "--listen");
+        assert!(e.reason.contains("--expose-demo-to-the-network"), "{}", e.reason);
+        assert!(demo(&["--listen", "0.0.0.0:8080", "--expose-demo-to-the-network"]).is_ok());
     }
 }

@@ -199,6 +199,9 @@ pub async fn start_with_shutdown(
             return Err(StartError::Provider(e));
         }
     };
+    if settings.test_clock {
+        tracing::warn!(listen = %addr, "the test clock is on: POST /__test/clock moves this server's time; never in production");
+    }
     let clock = clock::Clock::new(settings.test_clock);
     let mut service = Service::new(settings.policy.clone(), clock, store, oidc.clone(), settings.refresh_timeout);
     if let Some(path) = &settings.audit_log {

@@ -20,9 +20,23 @@ const NONCE_LEN: usize = 24;
 /// Why the key file cannot be used. The I/O cause is kept as its text, so errors compare.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyFileError {
-    Read { path: PathBuf, error: String },
-    Create { path: PathBuf, error: String },
-    Length { path: PathBuf, found: usize },
+    Read {
+        path: PathBuf,
+        error: String,
+    },
+    Create {
+        path: PathBuf,
+        error: String,
+    },
+    Length {
+        path: PathBuf,
+        found: usize,
+    },
+    /// The file's group or others may read or write it: anyone on the machine could decrypt every token.
+    Exposed {
+        path: PathBuf,
+        mode: u32,
+    },
 }
 
 impl fmt::Display for KeyFileError {
@@ -33,6 +47,11 @@ impl fmt::Display for KeyFileError {
             Self::Length { path, found } => {
                 write!(f, "key file {} holds {found} bytes; it must hold exactly {KEY_LEN}", path.display())
             }
+            Self::Exposed { path, mode } => write!(
+                f,
+                "key file {} has mode {mode:o}: its group or others may read it; make it private (chmod 600)",
+                path.display()
+            ),
         }
     }
 }
@@ -56,9 +75,11 @@ impl TokenSealer {
     }
 
     /// Loads the key at `path`, creating it (mode 0600, from the OS random source) if `create` and absent.
+    /// A key file its group or others may read or write is refused.
     pub fn from_file(path: &Path, create: bool) -> Result<Self, KeyFileError> {
         match fs::read(path) {
             Ok(bytes) => {
+                refuse_exposed(path)?;
                 let key: [u8; KEY_LEN] = bytes
                     .as_slice()
                     .try_into()
@@ -74,6 +95,24 @@ impl TokenSealer {
             Err(e) => Err(KeyFileError::Read { path: path.to_owned(), error: e.to_string() }),
         }
     }
+}
+
+#[cfg(unix)]
+fn refuse_exposed(path: &Path) -> Result<(), KeyFileError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(path)
+        .map_err(|e| KeyFileError::Read { path: path.to_owned(), error: e.to_string() })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Exposed { path: path.to_owned(), mode: mode & 0o777 });
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_exposed(_: &Path) -> Result<(), KeyFileError> {
+    Ok(())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -119,6 +158,24 @@ mod tests {
         assert_eq!(a.open(&sealed, b"key-b"), Err(SealError));
         assert_eq!(TokenSealer::from_key([2; 32]).open(&sealed, b"key-a"), Err(SealError));
         assert_eq!(a.open(&sealed[..10], b"key-a"), Err(SealError));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        fs::write(&path, [7u8; 32]).unwrap();
+        for (mode, refused) in [(0o644, true), (0o640, true), (0o602, true), (0o600, false), (0o400, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let result = TokenSealer::from_file(&path, false);
+            assert_eq!(
+                matches!(result, Err(KeyFileError::Exposed { mode: m, .. }) if m == mode),
+                refused,
+                "mode {mode:o}"
+            );
+        }
     }
 
     #[test]

@@ -204,6 +204,7 @@ async fn logout_revokes_clears_cookies_and_cannot_be_replayed() {
     assert_eq!(set.len(), 2);
     assert!(set.iter().any(|c| c == "bff-session=; Path=/; Max-Age=0; SameSite=Lax; HttpOnly"), "{set:?}");
     assert!(set.iter().any(|c| c == "bff-csrf=; Path=/; Max-Age=0; SameSite=Lax"), "{set:?}");
+    assert_eq!(r.headers.get("clear-site-data").unwrap(), "\"cookies\"");
     // The provider accepts the RP-initiated logout.
     let end = b.get(&url).await;
     assert_eq!(end.status, StatusCode::FOUND);
@@ -225,6 +226,7 @@ async fn logout_all_ends_every_device_of_the_user_only() {
     bob.login("bob").await;
     let r = laptop.unsafe_call(Method::POST, "/auth/logout-all").await;
     assert_eq!(r.json()["ended"], 2);
+    assert_eq!(r.headers.get("clear-site-data").unwrap(), "\"cookies\"");
     assert_eq!(phone.get("/auth/session").await.error(), "session_revoked");
     assert_eq!(laptop.get("/auth/session").await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(bob.get("/auth/session").await.status, StatusCode::OK);

@@ -172,7 +172,7 @@ impl App {
         let end_session_url = self.oidc.end_session_url(id_token.as_ref(), &format!("{}/", self.public_url), &state);
         let mut r = no_store(json_response(StatusCode::OK, &json!({ "end_session_url": end_session_url })));
         self.apply_cookie_effects(&mut r, &applied.effects, None);
-        Ok(r)
+        Ok(clear_site_cookies(r))
     }
 
     pub(super) async fn logout_all(&self, req: &Req) -> Result<Response, ApiError> {
@@ -181,7 +181,7 @@ impl App {
         let applied = self.service.revoke_all(&plan).await?;
         let mut r = no_store(json_response(StatusCode::OK, &json!({ "ended": applied.outcome.len() })));
         self.apply_cookie_effects(&mut r, &applied.effects, None);
-        Ok(r)
+        Ok(clear_site_cookies(r))
     }
 
     pub(super) async fn list_sessions(&self, req: &Req) -> Result<Response, ApiError> {
@@ -240,4 +240,11 @@ fn random_state() -> Result<String, ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(crate::service::ServiceError::Random)?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A signed-out browser also drops every other cookie of this origin (a copy of the session cookie set by a
+/// sibling path or an old deployment included), besides the two cleared by name.
+fn clear_site_cookies(mut r: Response) -> Response {
+    r.headers_mut().insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+    r
 }
