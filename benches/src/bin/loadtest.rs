@@ -58,6 +58,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         cache_bytes: 256 << 20,
         audit_log: None,
         store: None,
+        max_body: 1 << 20,
     }
 }
 

@@ -52,6 +52,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         cache_bytes: 16 << 20,
         audit_log: Some(audit.clone()),
         store: None,
+        max_body: 1 << 20,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

@@ -83,6 +83,10 @@ pub struct Common {
     /// Memory for sled's page cache, in MiB.
     #[arg(long, env = "BFF_SESSION_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
+    /// Largest request body the API proxy forwards, in bytes; larger ones get 413 before they are read.
+    /// Every other route takes at most 64 KiB.
+    #[arg(long, env = "BFF_SESSION_MAX_BODY", default_value_t = 1 << 20)]
+    pub max_body: usize,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +172,8 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     /// Where sessions live; `None`: sled in `data_dir`.
     pub store: Option<crate::store::Location>,
+    /// Largest request body the proxy forwards, in bytes.
+    pub max_body: usize,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -267,6 +273,7 @@ impl Common {
             cache_bytes: self.cache_mb.saturating_mul(1 << 20),
             audit_log: self.audit_log,
             store: self.store,
+            max_body: self.max_body,
         })
     }
 }

@@ -25,7 +25,8 @@ use crate::oidc::Oidc;
 use crate::request::{CSRF_HEADER, Req};
 use crate::service::{Access, Admitted, Service, ServiceError};
 
-const MAX_BODY: usize = 1 << 20;
+/// Largest body of a route other than the proxy: a back-channel logout token, a test-clock command.
+const MAX_AUTH_BODY: usize = 64 << 10;
 
 /// Everything the handlers need that is not per request.
 pub struct App {
@@ -39,6 +40,8 @@ pub struct App {
     pub http: reqwest::Client,
     /// Serve the demo page and the echo upstream.
     pub demo: bool,
+    /// Largest body the proxy forwards (`--max-body`).
+    pub max_body: usize,
 }
 
 impl std::fmt::Debug for App {
@@ -101,13 +104,13 @@ pub fn routes(cell: Arc<std::sync::OnceLock<Arc<App>>>) -> BoxedFilter<(Response
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
-        .and(warp::body::bytes())
+        .and(warp::body::stream())
         .and(warp::any().map(move || cell.clone()))
         .then(
             |method,
              path: warp::path::FullPath,
              query,
-             headers,
+             headers: warp::http::HeaderMap,
              peer,
              body,
              cell: Arc<std::sync::OnceLock<Arc<App>>>| async move {
@@ -117,11 +120,59 @@ pub fn routes(cell: Arc<std::sync::OnceLock<Arc<App>>>) -> BoxedFilter<(Response
                         &json!({"error": "starting", "message": "the server is starting"}),
                     );
                 };
+                let limit = if path.as_str().starts_with("/api/") { app.max_body } else { MAX_AUTH_BODY };
+                let body = match read_body(&headers, body, limit).await {
+                    Ok(body) => body,
+                    Err(e) => return app.error_response(e),
+                };
                 let req = Req { method, path: path.as_str().to_owned(), query, headers, peer, body };
                 dispatch(app, req).await
             },
         )
         .boxed()
+}
+
+/// Reads a request body of at most `limit` bytes. A declared length over the limit is refused before
+/// anything is read (so `Expect: 100-continue` gets the 413, never a 100), and a body without one
+/// (chunked) is cut off as soon as it passes the limit.
+async fn read_body<S, B>(headers: &warp::http::HeaderMap, body: S, limit: usize) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt as _;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies here are limited to {limit} bytes"),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    match declared {
+        Some(None) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_content_length", "Content-Length is not a number"));
+        }
+        Some(Some(n)) if n > limit as u64 => return Err(too_large()),
+        _ => {}
+    }
+    let mut body = std::pin::pin!(body);
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
+        })?;
+        if out.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            out.extend_from_slice(piece);
+            let n = piece.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
 }
 
 async fn dispatch(app: Arc<App>, req: Req) -> Response {
@@ -262,13 +313,6 @@ impl App {
             .upstream
             .as_ref()
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_upstream", "no API upstream is configured"))?;
-        if req.body.len() > MAX_BODY {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request bodies are limited to 1 MiB",
-            ));
-        }
         let admitted = self.authenticated(req).await?;
         let token = match self.service.access_token(&admitted).await?.map_err(ApiError::refusal)? {
             Access::Token(token) => token,

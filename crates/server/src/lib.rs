@@ -234,6 +234,7 @@ pub async fn start_with_shutdown(
         upstream,
         http: http_client,
         demo: settings.demo,
+        max_body: settings.max_body,
     });
     let _ = cell.set(app.clone());
     let background = service.spawn_background();

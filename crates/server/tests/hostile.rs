@@ -90,6 +90,30 @@ async fn raw(b: &Browser, method: Method, path: &str, headers: &[(&str, String)]
     Resp { status: r.status(), headers: r.headers().clone(), body: r.text().await.unwrap() }
 }
 
+/// Writes `request` to the server over a plain TCP connection (what a client library would not send) and
+/// returns what it answers, up to the first 4 KiB or until it closes.
+async fn raw_tcp(base: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before the whole body is written; that is the point.
+    let _ = stream.write_all(request).await;
+    let mut buf = vec![0u8; 4096];
+    let mut read = 0;
+    while read < buf.len() {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf[read..])).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                read += n;
+                if String::from_utf8_lossy(&buf[..read]).contains("}") {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf[..read]).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_are_refused_exactly_and_change_nothing() {
     let logs = Logs::default();
@@ -385,6 +409,41 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.expect(&format!("a replay after {how}"), r, StatusCode::UNAUTHORIZED, error);
     }
 
+    // Bodies over the limit: refused from the declared length, or cut off while chunked, before any session
+    // is looked at; `Expect: 100-continue` gets the 413 instead of a 100.
+    let b = server.browser();
+    let big = "x".repeat((1 << 20) + 1);
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{}/api/x", b.base)).body(big.clone()).send().await.unwrap();
+    let r = Resp { status: r.status(), headers: r.headers().clone(), body: r.text().await.unwrap() };
+    sweep.expect("a proxied body over --max-body", r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    let form = format!("logout_token={}", "x".repeat(70 << 10));
+    let r = http.post(format!("{}/auth/backchannel-logout", b.base)).body(form).send().await.unwrap();
+    let r = Resp { status: r.status(), headers: r.headers().clone(), body: r.text().await.unwrap() };
+    sweep.expect("a back-channel logout body over 64 KiB", r, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    let head = raw_tcp(
+        &b.base,
+        "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 104857600\r\nExpect: 100-continue\r\n\r\n"
+            .as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 413"), "Expect: 100-continue over the limit: {head}");
+    assert!(head.contains("body_too_large"), "{head}");
+    sweep.cases += 1;
+    let mut chunked = b"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend(std::iter::repeat_n(b'x', 64 << 10));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = raw_tcp(&b.base, &chunked).await;
+    assert!(
+        head.starts_with("HTTP/1.1 413") && head.contains("body_too_large"),
+        "a chunked body over the limit: {head}"
+    );
+    sweep.cases += 1;
+
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("signed in"), "the log capture works");
     sweep.check(&logs);
@@ -394,4 +453,6 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.responses.len(),
         sweep.secrets.len()
     );
+    // Every case above, counted: a case that silently stops running fails here.
+    assert_eq!(sweep.cases, 57);
 }

@@ -128,6 +128,7 @@ pub fn replica_settings(
         cache_bytes: 16 << 20,
         audit_log: None,
         store: Some(Location::Postgres(store.to_owned())),
+        max_body: 1 << 20,
     }
 }
 

@@ -41,6 +41,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         cache_bytes: 64 << 20,
         audit_log: None,
         store: None,
+        max_body: 1 << 20,
     }
 }
 
