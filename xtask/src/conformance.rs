@@ -23,9 +23,8 @@ pub fn conformance(sequences: u32) -> Result<(), String> {
     let bin = root().join("target/debug");
     for (seed, preset) in bff_presets().into_iter().enumerate() {
         let dir = fresh_dir(&root().join("target/conformance").join(preset))?;
-        let (target, launch) = reference_launch(preset, &dir)?;
         let audit = dir.join("audit.jsonl");
-        let launch = format!("{launch} --audit-log {}", audit.display());
+        let (target, launch) = reference_launch(preset, &dir, &format!("--audit-log {}", audit.display()))?;
         run(Command::new(bin.join("bff-session-conformance")).current_dir(root()).args([
             "run",
             "--target",
@@ -53,8 +52,9 @@ fn fresh_dir(dir: &std::path::Path) -> Result<PathBuf, String> {
     Ok(dir.to_owned())
 }
 
-/// The origin and the launch command of the reference server under `preset`, its files in `dir`.
-fn reference_launch(preset: &str, dir: &std::path::Path) -> Result<(String, String), String> {
+/// The origin and the launch command of the reference server under `preset`, its files in `dir`, with
+/// `extra` flags.
+fn reference_launch(preset: &str, dir: &std::path::Path, extra: &str) -> Result<(String, String), String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("no free port: {e}"))?
@@ -63,7 +63,7 @@ fn reference_launch(preset: &str, dir: &std::path::Path) -> Result<(String, Stri
     let launch = format!(
         "exec {server} serve --listen 127.0.0.1:{port} --public-url {target} --issuer \"$BFF_CONFORMANCE_ISSUER\" \
          --client-id \"$BFF_CONFORMANCE_CLIENT_ID\" --client-secret \"$BFF_CONFORMANCE_CLIENT_SECRET\" \
-         --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --policy {preset} --data-dir {data} >{log} 2>&1",
+         --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --policy {preset} --data-dir {data} {extra} >{log} 2>&1",
         server = root().join("target/debug/bff-session").display(),
         data = dir.join("data").display(),
         log = dir.join("server.log").display(),
@@ -125,7 +125,7 @@ pub fn report() -> Result<(), String> {
     }
     for (seed, preset) in bff_presets().into_iter().enumerate() {
         let dir = fresh_dir(&root().join("target/conformance/report-server").join(preset))?;
-        let (target, launch) = reference_launch(preset, &dir)?;
+        let (target, launch) = reference_launch(preset, &dir, "")?;
         let status = Command::new(&harness)
             .current_dir(root())
             .args(["report", "--reference", preset, "--launch", &launch, "--target", &target, "--strict"])

@@ -309,10 +309,20 @@ impl App {
     }
 
     async fn proxy(&self, req: &Req) -> Result<Response, ApiError> {
+        if !crate::proxy::METHODS.contains(&req.method.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("the API takes {}", crate::proxy::METHODS.join(", ")),
+            ));
+        }
+        // Checked before the session is: a refused path costs no store read.
         let upstream = self
             .upstream
             .as_ref()
             .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_upstream", "no API upstream is configured"))?;
+        let target = crate::proxy::target(upstream, &req.path, &req.query)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e.to_string()))?;
         let admitted = self.authenticated(req).await?;
         let token = match self.service.access_token(&admitted).await?.map_err(ApiError::refusal)? {
             Access::Token(token) => token,
@@ -331,9 +341,12 @@ impl App {
                 ));
             }
         };
-        let target = crate::proxy::target(upstream, &req.path, &req.query)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e.to_string()))?;
-        crate::proxy::forward(&self.http, req, target, &token).await.map(no_store).map_err(|e| {
+        let forwarding = crate::proxy::Forwarding {
+            client: req.client_ip(&self.trusted_proxies),
+            proto: self.public_url.split("://").next().unwrap_or("http").to_owned(),
+            host: self.public_url.split("://").nth(1).unwrap_or_default().to_owned(),
+        };
+        crate::proxy::forward(&self.http, req, target, &token, &forwarding).await.map(no_store).map_err(|e| {
             warn!(error = %e, "upstream call failed");
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the API upstream could not be reached")
         })

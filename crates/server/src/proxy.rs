@@ -1,11 +1,14 @@
 //! The API proxy: forwards `/api/{path}` to the one configured upstream with the session's access token.
 //!
-//! Owns building the upstream URL (the path can never choose another host: dot segments, empty segments,
-//! backslashes and encoded separators are refused, and the result is checked against the upstream's
-//! origin) and copying requests and responses minus hop-by-hop headers, cookies and the CSRF header. It
-//! never decides whether a request may pass: the caller has authenticated it.
+//! Owns the methods it forwards, building the upstream URL (the path can never choose another host: dot
+//! segments in any encoding, empty segments, `;` parameters, backslashes and encoded separators are
+//! refused, and the result is checked against the upstream's origin), and copying requests and responses:
+//! hop-by-hop headers, headers named in `Connection`, cookies, the CSRF header and client-supplied
+//! forwarding headers never reach the upstream (the BFF sets its own), and CORS headers and `Set-Cookie`
+//! never come back. It never decides whether a request may pass: the caller has authenticated it.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use bff_session_core::Secret;
 use bytes::Bytes;
@@ -14,7 +17,10 @@ use warp::reply::Response;
 
 use crate::request::{CSRF_HEADER, Req};
 
-const DROPPED_REQUEST: [&str; 12] = [
+/// The methods an API call may use; anything else (TRACE, CONNECT, WebDAV's) gets 405.
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+const DROPPED_REQUEST: [&str; 15] = [
     "host",
     "connection",
     "keep-alive",
@@ -27,6 +33,10 @@ const DROPPED_REQUEST: [&str; 12] = [
     "cookie",
     "authorization",
     "content-length",
+    // Forwarding headers are the BFF's to set: a client's own would be believed upstream.
+    "forwarded",
+    "x-real-ip",
+    "proxy-connection",
 ];
 const DROPPED_RESPONSE: [&str; 9] = [
     "connection",
@@ -57,7 +67,9 @@ impl fmt::Display for TargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotApi => f.write_str("not an API path"),
-            Self::Unsafe => f.write_str("the API path contains dot segments, empty segments or encoded separators"),
+            Self::Unsafe => {
+                f.write_str("the API path contains dot segments, empty segments, `;` parameters or encoded separators")
+            }
             Self::Invalid(e) => write!(f, "invalid API path: {e}"),
             Self::LeavesUpstream => f.write_str("the API path leaves the upstream"),
         }
@@ -93,7 +105,10 @@ pub fn target(upstream: &url::Url, path: &str, query: &str) -> Result<url::Url, 
         // An empty final segment (a trailing slash) is fine; empty inner ones and dot segments are not.
         (seg.is_empty() && i == rest.split('/').count() - 2) || (!seg.is_empty() && seg != "." && seg != "..")
     });
-    if !segments_ok || rest.contains('\\') || ["%2f", "%5c", "%2e", "%00"].iter().any(|bad| lower.contains(bad)) {
+    // Encoded separators and dots, also encoded twice (`%25`), as overlong UTF-8 (`%c0`, `%c1`) or as the
+    // full-width dot, and `;` path parameters, which some servers strip before routing.
+    const ENCODED: [&str; 9] = ["%2f", "%5c", "%2e", "%00", "%3b", "%25", "%c0", "%c1", "%ef%bc%8e"];
+    if !segments_ok || rest.contains(['\\', ';', '\u{ff0e}']) || ENCODED.iter().any(|bad| lower.contains(bad)) {
         return Err(TargetError::Unsafe);
     }
     let base = upstream.as_str().trim_end_matches('/');
@@ -109,31 +124,102 @@ pub fn target(upstream: &url::Url, path: &str, query: &str) -> Result<url::Url, 
     Ok(url)
 }
 
-/// Sends the request upstream with `Authorization: Bearer` and returns the upstream's response.
-pub async fn forward(
-    http: &reqwest::Client,
-    req: &Req,
-    target: url::Url,
+/// Who asked, as the BFF tells the upstream: the client address it resolved (trusted proxies considered)
+/// and the public origin's scheme and host.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    pub client: IpAddr,
+    pub proto: String,
+    pub host: String,
+}
+
+/// Header names a `Connection` header lists: hop-by-hop for this connection only.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+/// The headers sent upstream: the client's, minus hop-by-hop ones, cookies, credentials, the CSRF header
+/// and forwarding headers, plus the BFF's own forwarding headers and the bearer token.
+pub fn request_headers(
+    headers: &HeaderMap,
+    forwarding: &Forwarding,
     token: &Secret,
-) -> Result<Response, ForwardError> {
-    let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
-        .map_err(|e| ForwardError::Request(e.to_string()))?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    for (name, value) in &req.headers {
+) -> Result<reqwest::header::HeaderMap, ForwardError> {
+    let named = connection_named(headers);
+    let mut out = reqwest::header::HeaderMap::new();
+    for (name, value) in headers {
         let n = name.as_str();
-        if DROPPED_REQUEST.contains(&n) || n == CSRF_HEADER {
+        if DROPPED_REQUEST.contains(&n)
+            || n == CSRF_HEADER
+            || n.starts_with("x-forwarded-")
+            || named.iter().any(|c| c == n)
+        {
             continue;
         }
         if let (Ok(k), Ok(v)) = (
             reqwest::header::HeaderName::from_bytes(n.as_bytes()),
             reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
         ) {
-            headers.append(k, v);
+            out.append(k, v);
         }
     }
+    let value = |v: String| {
+        reqwest::header::HeaderValue::from_str(&v)
+            .map_err(|_| ForwardError::Request("a forwarding header is not a valid header value".into()))
+    };
+    out.insert("x-forwarded-for", value(forwarding.client.to_string())?);
+    out.insert("x-forwarded-proto", value(forwarding.proto.clone())?);
+    out.insert("x-forwarded-host", value(forwarding.host.clone())?);
     let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         .map_err(|_| ForwardError::Request("the access token is not a valid header value".into()))?;
-    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    out.insert(reqwest::header::AUTHORIZATION, bearer);
+    Ok(out)
+}
+
+/// The headers returned to the browser: the upstream's, minus hop-by-hop ones, cookies and CORS (the BFF
+/// is same-origin with its page; an upstream's CORS grant must not widen that), plus `nosniff`.
+pub fn response_headers(upstream: &reqwest::header::HeaderMap) -> HeaderMap {
+    let named: Vec<String> = upstream
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        let n = name.as_str();
+        if DROPPED_RESPONSE.contains(&n) || n.starts_with("access-control-") || named.iter().any(|c| c == n) {
+            continue;
+        }
+        if let (Ok(k), Ok(v)) =
+            (HeaderName::from_bytes(n.as_bytes()), warp::http::HeaderValue::from_bytes(value.as_bytes()))
+        {
+            out.append(k, v);
+        }
+    }
+    out.insert("x-content-type-options", warp::http::HeaderValue::from_static("nosniff"));
+    out
+}
+
+/// Sends the request upstream with `Authorization: Bearer` and returns the upstream's response.
+pub async fn forward(
+    http: &reqwest::Client,
+    req: &Req,
+    target: url::Url,
+    token: &Secret,
+    forwarding: &Forwarding,
+) -> Result<Response, ForwardError> {
+    let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
+        .map_err(|e| ForwardError::Request(e.to_string()))?;
+    let headers = request_headers(&req.headers, forwarding, token)?;
     let upstream = http
         .request(method, target)
         .headers(headers)
@@ -142,17 +228,7 @@ pub async fn forward(
         .await
         .map_err(|e| ForwardError::Upstream(e.without_url().to_string()))?;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out_headers = HeaderMap::new();
-    for (name, value) in upstream.headers() {
-        if DROPPED_RESPONSE.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(k), Ok(v)) =
-            (HeaderName::from_bytes(name.as_str().as_bytes()), warp::http::HeaderValue::from_bytes(value.as_bytes()))
-        {
-            out_headers.append(k, v);
-        }
-    }
+    let out_headers = response_headers(upstream.headers());
     let body: Bytes = upstream.bytes().await.map_err(|e| ForwardError::Upstream(e.without_url().to_string()))?;
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
@@ -186,9 +262,67 @@ mod tests {
             "/api/./x",
             "/apix",
             "/api/a//b",
+            "/api/a;jsessionid=1",
+            "/api/a%3bx",
+            "/api/%252e%252e/admin",
+            "/api/%c0%ae%c0%ae/admin",
+            "/api/%ef%bc%8e%ef%bc%8e/admin",
+            "/api/a%25",
         ] {
             assert!(target(&up(), bad, "").is_err(), "{bad}");
         }
         assert_eq!(target(&up(), "/api/@evil.com", "").unwrap().host_str(), Some("127.0.0.1"));
+    }
+
+    fn forwarding() -> Forwarding {
+        Forwarding { client: "203.0.113.7".parse().unwrap(), proto: "https".into(), host: "app.example".into() }
+    }
+
+    #[test]
+    fn hop_by_hop_forwarding_and_credential_headers_never_go_upstream() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "5"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "1.2.3.4"),
+            ("cookie", "bff-session=x"),
+            ("authorization", "Basic eA=="),
+            ("x-csrf-token", "p"),
+            ("accept", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), warp::http::HeaderValue::from_static(v));
+        }
+        let out = request_headers(&h, &forwarding(), &Secret::new("at")).unwrap();
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert_eq!(out["accept"], "application/json");
+        assert_eq!(out["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "app.example");
+        assert_eq!(out["authorization"], "Bearer at");
+    }
+
+    #[test]
+    fn upstream_cors_cookies_and_hop_headers_never_reach_the_browser() {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in [
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("set-cookie", "upstream=1"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("content-type", "application/json"),
+            ("x-content-type-options", "whatever"),
+        ] {
+            h.append(reqwest::header::HeaderName::from_static(k), reqwest::header::HeaderValue::from_static(v));
+        }
+        let out = response_headers(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-content-type-options"], "{names:?}");
+        assert_eq!(out["x-content-type-options"], "nosniff");
     }
 }

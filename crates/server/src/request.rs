@@ -61,10 +61,13 @@ impl Req {
     /// The browser's device as far as the request tells: its user agent and its address, read through the
     /// trusted proxies only.
     pub fn device(&self, trusted: &client_ip::TrustedProxies) -> Device {
-        let peer = self.peer.map_or(IpAddr::from([127, 0, 0, 1]), |p| p.ip());
-        let ip =
-            client_ip::resolve(peer, &self.headers_named("forwarded"), &self.headers_named("x-forwarded-for"), trusted);
         let user_agent = self.header("user-agent").unwrap_or_default().chars().take(256).collect();
-        Device { user_agent, client_ip: Some(ip) }
+        Device { user_agent, client_ip: Some(self.client_ip(trusted)) }
+    }
+
+    /// The client's address, read through the trusted proxies only.
+    pub fn client_ip(&self, trusted: &client_ip::TrustedProxies) -> IpAddr {
+        let peer = self.peer.map_or(IpAddr::from([127, 0, 0, 1]), |p| p.ip());
+        client_ip::resolve(peer, &self.headers_named("forwarded"), &self.headers_named("x-forwarded-for"), trusted)
     }
 }

@@ -122,6 +122,7 @@ async fn the_proxy_attaches_the_access_token_and_refreshes_it_when_due() {
     assert_eq!(echo["token"]["sub"], "alice");
     assert_eq!(echo["cookies_forwarded"], false);
     assert_eq!(echo["path"], "/hello");
+    assert_eq!(first.headers["x-content-type-options"], "nosniff");
     assert_eq!(server.idp().counters().refresh_grants, 0);
     // The dev provider's tokens live 5 minutes; the default policy refreshes in the last 90 s.
     server.advance(4 * MIN).await;

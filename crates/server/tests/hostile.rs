@@ -243,9 +243,18 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         "/api/%2e%2e%2fsecret",
         "/api/a%5cb",
         "/api/%2F%2Fevil.example",
+        "/api/a;jsessionid=x",
+        "/api/%252e%252e/admin",
+        "/api/%c0%ae%c0%ae/admin",
     ] {
         let r = raw(&victim, Method::GET, bad, &cookie(&c)).await;
         sweep.expect(&format!("API path {bad:?}"), r, StatusCode::BAD_REQUEST, "invalid_api_path");
+    }
+
+    // Methods the proxy never forwards.
+    for method in ["TRACE", "PROPFIND"] {
+        let r = raw(&victim, Method::from_bytes(method.as_bytes()).unwrap(), "/api/x", &cookie(&c)).await;
+        sweep.expect(&format!("API method {method}"), r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     }
 
     // Forged back-channel logout tokens naming the victim.
@@ -454,5 +463,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 57);
+    assert_eq!(sweep.cases, 62);
 }
