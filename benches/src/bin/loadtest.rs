@@ -59,6 +59,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         audit_log: None,
         store: None,
         max_body: 1 << 20,
+        login_limit: None,
     }
 }
 

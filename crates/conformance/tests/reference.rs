@@ -53,6 +53,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         audit_log: Some(audit.clone()),
         store: None,
         max_body: 1 << 20,
+        login_limit: None,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

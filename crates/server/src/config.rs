@@ -87,6 +87,13 @@ pub struct Common {
     /// Every other route takes at most 64 KiB.
     #[arg(long, env = "BFF_SESSION_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Sign-ins (GET /auth/login and /auth/callback) allowed per minute from one client address, read
+    /// through --trusted-proxies; more get 429 with Retry-After. 0 turns the limit off (for load tests).
+    #[arg(long, env = "BFF_SESSION_LOGIN_RATE", default_value_t = 60)]
+    pub login_rate: u32,
+    /// How many sign-ins one address may make at once before the rate applies.
+    #[arg(long, env = "BFF_SESSION_LOGIN_BURST", default_value_t = 20)]
+    pub login_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +181,8 @@ pub struct Settings {
     pub store: Option<crate::store::Location>,
     /// Largest request body the proxy forwards, in bytes.
     pub max_body: usize,
+    /// Sign-ins per client address; `None`: unlimited.
+    pub login_limit: Option<crate::limit::LoginLimit>,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -257,6 +266,12 @@ impl Common {
                 return Err(err("--public-url", "must be an origin like https://app.example.com, without a path"));
             }
         }
+        let login_limit =
+            match (std::num::NonZeroU32::new(self.login_rate), std::num::NonZeroU32::new(self.login_burst)) {
+                (None, _) => None,
+                (Some(_), None) => return Err(err("--login-burst", "must be at least 1 while --login-rate is on")),
+                (Some(per_minute), Some(burst)) => Some(crate::limit::LoginLimit { per_minute, burst }),
+            };
         Ok(Settings {
             listen: self.listen,
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -274,6 +289,7 @@ impl Common {
             audit_log: self.audit_log,
             store: self.store,
             max_body: self.max_body,
+            login_limit,
         })
     }
 }
@@ -410,6 +426,14 @@ mod tests {
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"] {
             assert!(serve(&["--public-url", local]).is_ok(), "{local}");
         }
+    }
+
+    #[test]
+    fn the_login_rate_is_on_by_default_and_zero_turns_it_off() {
+        let on = serve(&[]).unwrap().login_limit.unwrap();
+        assert_eq!((on.per_minute.get(), on.burst.get()), (60, 20));
+        assert_eq!(serve(&["--login-rate", "0"]).unwrap().login_limit, None);
+        assert_eq!(serve(&["--login-burst", "0"]).unwrap_err().setting, "--login-burst");
     }
 
     #[cfg(feature = "demo")]

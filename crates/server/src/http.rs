@@ -42,6 +42,8 @@ pub struct App {
     pub demo: bool,
     /// Largest body the proxy forwards (`--max-body`).
     pub max_body: usize,
+    /// Sign-ins per client address (`--login-rate`); `None`: unlimited.
+    pub login_limiter: Option<crate::limit::LoginLimiter>,
 }
 
 impl std::fmt::Debug for App {
@@ -175,10 +177,30 @@ where
     Ok(out.freeze())
 }
 
+/// 429 with the whole seconds to wait in `Retry-After`.
+fn rate_limited(app: &App, wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = app.error_response(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many sign-ins from this address; try again in {secs} s"),
+    ));
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 async fn dispatch(app: Arc<App>, req: Req) -> Response {
     let started = Instant::now();
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let m = req.method.as_str();
+    if let (Some(limiter), ("GET", ["auth", "login" | "callback"])) = (&app.login_limiter, (m, segments.as_slice()))
+        && let Err(wait) = limiter.check(req.client_ip(&app.trusted_proxies))
+    {
+        app.service.metrics.observe("rate_limited", started.elapsed());
+        return rate_limited(&app, wait);
+    }
     let (route, result) = match (m, segments.as_slice()) {
         ("GET", ["healthz"]) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         ("GET", ["metrics"]) => ("metrics", Ok(text(app.service.metrics.render()))),

@@ -11,6 +11,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 pub mod oidc;
 pub mod proxy;
@@ -235,6 +236,7 @@ pub async fn start_with_shutdown(
         http: http_client,
         demo: settings.demo,
         max_body: settings.max_body,
+        login_limiter: settings.login_limit.map(limit::LoginLimiter::new),
     });
     let _ = cell.set(app.clone());
     let background = service.spawn_background();

@@ -418,6 +418,27 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.expect(&format!("a replay after {how}"), r, StatusCode::UNAUTHORIZED, error);
     }
 
+    // A sign-in flood from one address (read through the trusted proxy) is slowed down; others are not.
+    let limited = Server::start_with(|s| {
+        s.login_limit = Some(bff_session_server::limit::LoginLimit {
+            per_minute: std::num::NonZeroU32::new(1).unwrap(),
+            burst: std::num::NonZeroU32::new(2).unwrap(),
+        })
+    })
+    .await;
+    let flooder = limited.browser();
+    let from = |ip: &str| vec![("x-forwarded-for", ip.to_owned())];
+    for _ in 0..2 {
+        let r = raw(&flooder, Method::GET, "/auth/login", &from("198.51.100.7")).await;
+        assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
+    }
+    let r = raw(&flooder, Method::GET, "/auth/callback?code=x&state=y", &from("198.51.100.7")).await;
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    sweep.expect("a sign-in flood from one address", r, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let other = raw(&flooder, Method::GET, "/auth/login", &from("198.51.100.8")).await;
+    assert_eq!(other.status, StatusCode::FOUND, "another address keeps its own allowance");
+
     // Bodies over the limit: refused from the declared length, or cut off while chunked, before any session
     // is looked at; `Expect: 100-continue` gets the 413 instead of a 100.
     let b = server.browser();
@@ -463,5 +484,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 62);
+    assert_eq!(sweep.cases, 63);
 }

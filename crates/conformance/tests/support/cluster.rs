@@ -129,6 +129,7 @@ pub fn replica_settings(
         audit_log: None,
         store: Some(Location::Postgres(store.to_owned())),
         max_body: 1 << 20,
+        login_limit: None,
     }
 }
 

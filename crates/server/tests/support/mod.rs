@@ -42,6 +42,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         audit_log: None,
         store: None,
         max_body: 1 << 20,
+        login_limit: None,
     }
 }
 
