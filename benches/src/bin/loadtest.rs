@@ -60,6 +60,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         store: None,
         max_body: 1 << 20,
         login_limit: None,
+        allowed_origins: Vec::new(),
     }
 }
 

@@ -54,6 +54,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         store: None,
         max_body: 1 << 20,
         login_limit: None,
+        allowed_origins: Vec::new(),
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

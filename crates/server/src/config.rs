@@ -94,6 +94,10 @@ pub struct Common {
     /// How many sign-ins one address may make at once before the rate applies.
     #[arg(long, env = "BFF_SESSION_LOGIN_BURST", default_value_t = 20)]
     pub login_burst: u32,
+    /// Comma-separated origins besides the public URL whose pages may make unsafe requests (checked against
+    /// the `Origin` header), e.g. https://admin.example.com.
+    #[arg(long, env = "BFF_SESSION_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +187,8 @@ pub struct Settings {
     pub max_body: usize,
     /// Sign-ins per client address; `None`: unlimited.
     pub login_limit: Option<crate::limit::LoginLimit>,
+    /// Origins besides the public one allowed to make unsafe requests.
+    pub allowed_origins: Vec<String>,
 }
 
 /// A setting that cannot be used, with the reason.
@@ -272,6 +278,17 @@ impl Common {
                 (Some(_), None) => return Err(err("--login-burst", "must be at least 1 while --login-rate is on")),
                 (Some(per_minute), Some(burst)) => Some(crate::limit::LoginLimit { per_minute, burst }),
             };
+        let mut allowed_origins = Vec::new();
+        for origin in self.allowed_origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let url = url::Url::parse(origin).map_err(|e| err("--allowed-origins", format!("{origin:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || url.query().is_some() {
+                return Err(err(
+                    "--allowed-origins",
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                ));
+            }
+            allowed_origins.push(url.origin().ascii_serialization());
+        }
         Ok(Settings {
             listen: self.listen,
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -290,6 +307,7 @@ impl Common {
             store: self.store,
             max_body: self.max_body,
             login_limit,
+            allowed_origins,
         })
     }
 }
@@ -426,6 +444,14 @@ mod tests {
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"] {
             assert!(serve(&["--public-url", local]).is_ok(), "{local}");
         }
+    }
+
+    #[test]
+    fn allowed_origins_are_origins() {
+        let s = serve(&["--allowed-origins", "https://admin.example.com, http://localhost:3000/"]).unwrap();
+        assert_eq!(s.allowed_origins, ["https://admin.example.com", "http://localhost:3000"]);
+        assert_eq!(serve(&["--allowed-origins", "https://a.example/x"]).unwrap_err().setting, "--allowed-origins");
+        assert_eq!(serve(&["--allowed-origins", "admin.example"]).unwrap_err().setting, "--allowed-origins");
     }
 
     #[test]

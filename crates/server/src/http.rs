@@ -44,6 +44,8 @@ pub struct App {
     pub max_body: usize,
     /// Sign-ins per client address (`--login-rate`); `None`: unlimited.
     pub login_limiter: Option<crate::limit::LoginLimiter>,
+    /// Origins besides the public one whose pages may make unsafe requests (`--allowed-origins`).
+    pub allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for App {
@@ -201,6 +203,10 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
         app.service.metrics.observe("rate_limited", started.elapsed());
         return rate_limited(&app, wait);
     }
+    if let Some(refused) = app.cross_site_refusal(&req, &segments) {
+        app.service.metrics.observe("cross_site", started.elapsed());
+        return app.error_response(refused);
+    }
     let (route, result) = match (m, segments.as_slice()) {
         ("GET", ["healthz"]) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
         ("GET", ["metrics"]) => ("metrics", Ok(text(app.service.metrics.render()))),
@@ -262,6 +268,49 @@ fn add_cookie(r: &mut Response, value: &str) {
 }
 
 impl App {
+    /// Fetch Metadata and `Origin`, before any session is read: a cross-site request never reaches the API
+    /// or the session endpoints, whatever its method, and an unsafe one from another origin is refused even
+    /// with a valid CSRF token. A client that sends neither header is left to the CSRF check. The
+    /// provider's own requests (the callback is a cross-site navigation, back-channel logout comes from
+    /// its server) are not browser requests of this origin and are not judged here.
+    fn cross_site_refusal(&self, req: &Req, segments: &[&str]) -> Option<ApiError> {
+        let guarded = matches!(
+            segments,
+            ["api", ..] | ["auth", "session" | "sessions" | "logout" | "logout-all"] | ["auth", "sessions", _]
+        );
+        if !guarded {
+            return None;
+        }
+        let site = req.header("sec-fetch-site");
+        if site == Some("cross-site") {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_site_request",
+                "requests from other sites are refused (Sec-Fetch-Site: cross-site)",
+            ));
+        }
+        if Method::classify(req.method.as_str()) == Method::Safe {
+            return None;
+        }
+        if site.is_some_and(|s| s != "same-origin" && s != "none") {
+            return Some(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin_request",
+                "unsafe requests must come from this origin (Sec-Fetch-Site)",
+            ));
+        }
+        match req.header("origin") {
+            Some(origin) if origin != self.public_url && !self.allowed_origins.iter().any(|o| o == origin) => {
+                Some(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin_request",
+                    "unsafe requests must come from this origin or an allowed one (Origin)",
+                ))
+            }
+            _ => None,
+        }
+    }
+
     fn error_response(&self, e: ApiError) -> Response {
         let mut r = no_store(json_response(e.status, &json!({ "error": e.code, "message": e.message })));
         if e.clear_cookies {

@@ -237,6 +237,7 @@ pub async fn start_with_shutdown(
         demo: settings.demo,
         max_body: settings.max_body,
         login_limiter: settings.login_limit.map(limit::LoginLimiter::new),
+        allowed_origins: settings.allowed_origins.clone(),
     });
     let _ = cell.set(app.clone());
     let background = service.spawn_background();

@@ -418,6 +418,40 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.expect(&format!("a replay after {how}"), r, StatusCode::UNAUTHORIZED, error);
     }
 
+    // Cross-site requests: Fetch Metadata and Origin refuse them before any session is read, even with the
+    // right CSRF token; a client that sends neither is left to the CSRF check.
+    let mut site = server.browser();
+    site.login("cross-site").await;
+    let jar = site.cookie_header().unwrap();
+    let proof = site.csrf();
+    let with = |extra: &[(&'static str, &str)]| {
+        let mut h = vec![("cookie", jar.clone()), ("x-csrf-token", proof.clone())];
+        h.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        h
+    };
+    let r = raw(&site, Method::GET, "/api/x", &with(&[("sec-fetch-site", "cross-site")])).await;
+    sweep.expect("an API read from another site", r, StatusCode::FORBIDDEN, "cross_site_request");
+    let r = raw(&site, Method::GET, "/auth/session", &with(&[("sec-fetch-site", "cross-site")])).await;
+    sweep.expect("a session read from another site", r, StatusCode::FORBIDDEN, "cross_site_request");
+    let r = raw(&site, Method::POST, "/api/x", &with(&[("origin", "https://evil.example")])).await;
+    sweep.expect(
+        "an API write from another origin with the CSRF token",
+        r,
+        StatusCode::FORBIDDEN,
+        "cross_origin_request",
+    );
+    let r = raw(&site, Method::POST, "/auth/logout", &with(&[("sec-fetch-site", "same-site")])).await;
+    sweep.expect("a logout from a sibling site with the CSRF token", r, StatusCode::FORBIDDEN, "cross_origin_request");
+    let r = raw(&site, Method::POST, "/api/x", &with(&[("origin", "null")])).await;
+    sweep.expect("an API write from an opaque origin", r, StatusCode::FORBIDDEN, "cross_origin_request");
+    let same = [("origin", server.base.as_str()), ("sec-fetch-site", "same-origin")];
+    assert_eq!(raw(&site, Method::POST, "/api/x", &with(&same)).await.status, StatusCode::OK, "this origin passes");
+    assert_eq!(
+        raw(&site, Method::POST, "/api/x", &with(&[])).await.status,
+        StatusCode::OK,
+        "no metadata: CSRF decides"
+    );
+
     // A sign-in flood from one address (read through the trusted proxy) is slowed down; others are not.
     let limited = Server::start_with(|s| {
         s.login_limit = Some(bff_session_server::limit::LoginLimit {
@@ -484,5 +518,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 63);
+    assert_eq!(sweep.cases, 68);
 }

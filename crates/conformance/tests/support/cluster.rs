@@ -130,6 +130,7 @@ pub fn replica_settings(
         store: Some(Location::Postgres(store.to_owned())),
         max_body: 1 << 20,
         login_limit: None,
+        allowed_origins: Vec::new(),
     }
 }
 

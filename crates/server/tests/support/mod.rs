@@ -43,6 +43,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         store: None,
         max_body: 1 << 20,
         login_limit: None,
+        allowed_origins: Vec::new(),
     }
 }
 
