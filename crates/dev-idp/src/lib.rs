@@ -89,6 +89,11 @@ impl DevIdp {
         self.inner.signer.sign_logout(claims)
     }
 
+    /// Signs arbitrary claims with the provider's key under any `typ`, for tests that forge variants.
+    pub fn sign_with_typ(&self, typ: &str, claims: &serde_json::Value) -> Result<String, String> {
+        self.inner.signer.sign(typ, claims)
+    }
+
     /// Refresh requests received for grants of user `sub`, whatever their outcome.
     pub fn refresh_requests_of(&self, sub: &str) -> u64 {
         self.inner.refresh_requests_of(sub)

@@ -27,10 +27,10 @@ pub(crate) fn routes(idp: Arc<Inner>) -> BoxedFilter<(Reply,)> {
         .and(warp::get())
         .and(with())
         .map(|idp: Arc<Inner>| json_reply(StatusCode::OK, &discovery(&idp)));
-    let jwks = warp::path!("jwks")
-        .and(warp::get())
-        .and(with())
-        .map(|idp: Arc<Inner>| json_reply(StatusCode::OK, idp.signer.jwks()));
+    let jwks = warp::path!("jwks").and(warp::get()).and(with()).map(|idp: Arc<Inner>| {
+        bump(&idp.counters.jwks_fetches);
+        json_reply(StatusCode::OK, idp.signer.jwks())
+    });
     let authorize_get =
         warp::path!("authorize").and(warp::get()).and(warp::query::<Params>()).and(with()).map(authorize);
     let authorize_post =

@@ -40,6 +40,8 @@ pub struct Counters {
     pub revocations: u64,
     pub end_sessions: u64,
     pub backchannel_sent: u64,
+    /// Requests for the JWKS.
+    pub jwks_fetches: u64,
 }
 
 #[derive(Default)]
@@ -53,6 +55,7 @@ pub(crate) struct AtomicCounters {
     pub revocations: AtomicU64,
     pub end_sessions: AtomicU64,
     pub backchannel_sent: AtomicU64,
+    pub jwks_fetches: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -168,6 +171,7 @@ impl Inner {
             revocations: get(&c.revocations),
             end_sessions: get(&c.end_sessions),
             backchannel_sent: get(&c.backchannel_sent),
+            jwks_fetches: get(&c.jwks_fetches),
         }
     }
 

@@ -7,8 +7,8 @@
 //! answers into core's vocabulary ([`TokenGrant`], [`OidcIdentity`]).
 
 use std::fmt;
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -29,6 +29,10 @@ type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// How long after its `iat` a logout token is still taken (plus the clock skew allowed).
+const LOGOUT_TOKEN_MAX_AGE: Duration = Duration::from_secs(300);
+/// How often a token naming an unknown key may make the JWKS be fetched again.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why talking to the provider failed. Messages never contain a token or code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +129,8 @@ pub struct Oidc {
     revocation: Option<String>,
     jwks_uri: String,
     jwks: RwLock<JwkSet>,
+    /// When the JWKS was last fetched again for an unknown key.
+    jwks_fetched: Mutex<Option<Instant>>,
     skew: Duration,
     scopes: Vec<String>,
 }
@@ -178,6 +184,7 @@ impl Oidc {
             revocation: extra.revocation_endpoint,
             jwks_uri: extra.jwks_uri,
             jwks: RwLock::new(jwks),
+            jwks_fetched: Mutex::new(None),
             skew: cfg.skew,
             scopes: cfg.scopes.clone(),
         })
@@ -286,16 +293,19 @@ impl Oidc {
     /// exp, the events claim, no nonce, a sub or sid, and a jti (whose replay the caller checks).
     pub async fn validate_logout_token(&self, token: &str) -> Result<LogoutClaims, LogoutTokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| LogoutTokenError::Malformed(e.to_string()))?;
+        // RFC 8725 §3.11: a logout token says what it is, so an ID token can never pass for one.
         if let Some(typ) = &header.typ
-            && !matches!(typ.as_str(), "logout+jwt" | "JWT")
+            && !(typ.eq_ignore_ascii_case("logout+jwt") || typ.eq_ignore_ascii_case("application/logout+jwt"))
         {
             return Err(LogoutTokenError::Claims("typ is not logout+jwt"));
         }
         let key = match self.key_for(&header) {
             Some(key) => key,
             None => {
-                // The provider may have rotated its keys: fetch once more.
-                if let Ok(fresh) = get_json::<JwkSet>(&self.http, &self.jwks_uri).await
+                // The provider may have rotated its keys: fetch once more, but at most once per interval, so
+                // tokens naming unknown keys cannot make this server hammer the provider.
+                if self.may_refetch_jwks()
+                    && let Ok(fresh) = get_json::<JwkSet>(&self.http, &self.jwks_uri).await
                     && let Ok(mut jwks) = self.jwks.write()
                 {
                     *jwks = fresh;
@@ -322,9 +332,25 @@ impl Oidc {
         if sub.is_none() && sid.is_none() {
             return Err(LogoutTokenError::Claims("neither sub nor sid"));
         }
+        // A token issued long ago is refused even before it expires: its jti may have been forgotten.
+        let iat = c["iat"].as_u64().ok_or(LogoutTokenError::Claims("iat is not a number"))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if iat.saturating_add((LOGOUT_TOKEN_MAX_AGE + self.skew).as_secs()) < now {
+            return Err(LogoutTokenError::Claims("iat is too old"));
+        }
         let jti = c["jti"].as_str().filter(|j| !j.is_empty()).ok_or(LogoutTokenError::Claims("no jti"))?.to_owned();
         let exp = c["exp"].as_u64().ok_or(LogoutTokenError::Claims("exp is not a number"))?;
         Ok(LogoutClaims { iss: self.issuer.clone(), sub, sid, jti, exp })
+    }
+
+    /// Whether the JWKS may be fetched again now; claims the slot if so.
+    fn may_refetch_jwks(&self) -> bool {
+        let Ok(mut last) = self.jwks_fetched.lock() else { return false };
+        if last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     fn key_for(&self, header: &jsonwebtoken::Header) -> Option<DecodingKey> {

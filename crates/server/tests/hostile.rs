@@ -285,6 +285,7 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         .send(Method::POST, "/auth/backchannel-logout", &form, Some(format!("logout_token={other_user}")))
         .await;
     assert_eq!(first.status, StatusCode::OK);
+    let jwks_fetches = server.idp().counters().jwks_fetches;
     for (what, token) in [
         (
             "a logout token with alg none",
@@ -299,6 +300,9 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
             signed(&with(&|c| drop(c.as_object_mut().unwrap().remove("events")))),
         ),
         ("a replayed logout token (jti seen)", valid),
+        ("a logout token issued an hour ago", signed(&with(&|c| c["iat"] = (now - 3600).into()))),
+        ("an ID token posted as a logout token (typ JWT)", server.idp().sign_with_typ("JWT", &base).unwrap()),
+        ("another token naming an unknown key", foreign.sign_logout(&with(&|c| c["jti"] = "j-2".into())).unwrap()),
     ] {
         let r = server
             .browser()
@@ -306,6 +310,8 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
             .await;
         sweep.expect(what, r, StatusCode::BAD_REQUEST, "invalid_logout_token");
     }
+    let refetched = server.idp().counters().jwks_fetches - jwks_fetches;
+    assert!(refetched <= 1, "two tokens naming an unknown key fetched the JWKS {refetched} times");
 
     assert_eq!(version(&server, &victim).await, before, "a refused request changed the victim's record");
     assert_eq!(victim.get("/auth/session").await.status, StatusCode::OK);
@@ -518,5 +524,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 68);
+    assert_eq!(sweep.cases, 71);
 }
