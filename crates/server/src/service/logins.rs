@@ -45,12 +45,19 @@ impl Service {
     /// Carries out a valid back-channel logout token, once per `jti`: ends the sessions core says it names.
     /// Returns how many it ended.
     pub async fn backchannel(self: &Arc<Self>, claims: &LogoutClaims) -> Result<Result<usize, Replayed>, ServiceError> {
+        // The jti is recorded only after the revocation it causes is durable: if the store fails in between,
+        // the provider's retry of the same token must still get through. Two deliveries racing past the
+        // check revoke the same sessions twice, which ends nothing more.
+        if self.store.jti_seen(&claims.jti).await? {
+            return Ok(Err(Replayed));
+        }
+        let ended = match RevokeAll::backchannel(&claims.iss, claims.sid.as_deref(), claims.sub.as_deref()) {
+            Some(plan) => self.revoke_all(&plan).await?.outcome.len(),
+            None => 0,
+        };
         if !self.store.remember_jti(&claims.jti, claims.exp).await? {
             return Ok(Err(Replayed));
         }
-        let Some(plan) = RevokeAll::backchannel(&claims.iss, claims.sid.as_deref(), claims.sub.as_deref()) else {
-            return Ok(Ok(0));
-        };
-        Ok(Ok(self.revoke_all(&plan).await?.outcome.len()))
+        Ok(Ok(ended))
     }
 }

@@ -140,6 +140,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Drops the pending logins whose lifetime is over at `now` ([`PendingLogin::is_over`]).
     async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError>;
 
+    /// Whether a logout token's `jti` has been recorded.
+    async fn jti_seen(&self, jti: &str) -> Result<bool, StoreError>;
+
     /// Records a logout token's `jti` until `exp`; `false` if anyone recorded it before.
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError>;
 }

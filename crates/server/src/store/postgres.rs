@@ -317,6 +317,12 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn jti_seen(&self, jti: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt("SELECT 1 FROM bff_jtis WHERE jti = $1", &[&jti]).await.map_err(io)?;
+        Ok(row.is_some())
+    }
+
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let inserted = client

@@ -356,6 +356,10 @@ impl Store for SledStore {
         SledStore::sweep_logins(self, now)
     }
 
+    async fn jti_seen(&self, jti: &str) -> Result<bool, StoreError> {
+        Ok(self.jtis.contains_key(jti.as_bytes())?)
+    }
+
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         SledStore::remember_jti(self, jti, exp)
     }
