@@ -154,6 +154,7 @@ fn discovery(idp: &Inner) -> serde_json::Value {
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "claims_supported": ["sub", "name", "email", "sid"],
         "backchannel_logout_supported": true,
+        "authorization_response_iss_parameter_supported": true,
         "backchannel_logout_session_supported": true,
     })
 }
@@ -167,7 +168,8 @@ fn authorize(p: Params, idp: Arc<Inner>) -> Reply {
     }
     let redirect_uri = get("redirect_uri");
     let state = get("state");
-    let fail = |error: &str| redirect(&with_query(redirect_uri, &[("error", error), ("state", state)]));
+    let iss = cfg.issuer.as_str();
+    let fail = |error: &str| redirect(&with_query(redirect_uri, &[("error", error), ("state", state), ("iss", iss)]));
     if get("response_type") != "code" {
         return fail("unsupported_response_type");
     }
@@ -187,7 +189,7 @@ fn authorize(p: Params, idp: Arc<Inner>) -> Reply {
     bump(&idp.counters.authorize);
     let nonce = p.get("nonce").cloned();
     let code = idp.issue_code(user, redirect_uri, nonce, get("code_challenge"), get("scope"));
-    redirect(&with_query(redirect_uri, &[("code", &code), ("state", state)]))
+    redirect(&with_query(redirect_uri, &[("code", &code), ("state", state), ("iss", iss)]))
 }
 
 async fn token(authorization: Option<String>, form: Params, idp: Arc<Inner>) -> Reply {

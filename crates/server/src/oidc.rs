@@ -117,6 +117,9 @@ struct ExtraMetadata {
     end_session_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
     jwks_uri: String,
+    /// RFC 9207: the provider names itself in every authorization response.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 pub struct Oidc {
@@ -133,6 +136,8 @@ pub struct Oidc {
     jwks_fetched: Mutex<Option<Instant>>,
     skew: Duration,
     scopes: Vec<String>,
+    /// Whether authorization responses must carry `iss` (RFC 9207), as the provider advertises.
+    iss_parameter: bool,
 }
 
 impl fmt::Debug for Oidc {
@@ -183,11 +188,19 @@ impl Oidc {
             end_session: extra.end_session_endpoint,
             revocation: extra.revocation_endpoint,
             jwks_uri: extra.jwks_uri,
+            iss_parameter: extra.authorization_response_iss_parameter_supported,
             jwks: RwLock::new(jwks),
             jwks_fetched: Mutex::new(None),
             skew: cfg.skew,
             scopes: cfg.scopes.clone(),
         })
+    }
+
+    /// RFC 9207: whether an authorization response's `iss` parameter is acceptable. A provider that
+    /// advertises the parameter must send its own issuer, so a response from another provider (mix-up) is
+    /// refused; one that does not advertise it is not asked for it.
+    pub fn accepts_response_issuer(&self, iss: Option<&str>) -> bool {
+        !self.iss_parameter || iss == Some(self.issuer.as_str())
     }
 
     pub fn issuer(&self) -> &str {

@@ -339,6 +339,23 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
     let r = fresh.get(&callback).await;
     sweep.expect("a replayed state and code", r, StatusCode::BAD_REQUEST, "login_expired");
 
+    // RFC 9207: a response that names another provider, or none, while ours advertises the parameter.
+    for (what, rewrite) in [("another", Some("https://evil.example")), ("no", None)] {
+        let mut mixed = server.browser();
+        let start = mixed.get("/auth/login?login_hint=mixup").await;
+        let callback = mixed.get(&start.location().unwrap()).await.location().unwrap();
+        let mut url = url::Url::parse(&callback).unwrap();
+        let pairs: Vec<(String, String)> =
+            url.query_pairs().filter(|(k, _)| k != "iss").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        if let Some(iss) = rewrite {
+            url.query_pairs_mut().append_pair("iss", iss);
+        }
+        let r = mixed.get(url.as_str()).await;
+        sweep.expect(&format!("a login response naming {what} issuer"), r, StatusCode::BAD_REQUEST, "iss_mismatch");
+        assert!(mixed.session_cookie().is_none());
+    }
+
     // A nonce the BFF did not send: the browser rewrites it on its way to the provider.
     let mut tamper = server.browser();
     let start = tamper.get("/auth/login?login_hint=tamper").await;
@@ -372,7 +389,8 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         .unwrap()
         .1
         .into_owned();
-    let r = once.get(&format!("/auth/callback?code={used_code}&state={fresh_state}")).await;
+    let iss: String = url::form_urlencoded::byte_serialize(format!("{}/idp", server.base).as_bytes()).collect();
+    let r = once.get(&format!("/auth/callback?code={used_code}&state={fresh_state}&iss={iss}")).await;
     sweep.expect("a replayed code with a fresh state", r, StatusCode::BAD_REQUEST, "login_rejected");
 
     // Session fixation: a planted ID never becomes a session, and signing in replaces it.
@@ -524,5 +542,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 71);
+    assert_eq!(sweep.cases, 73);
 }

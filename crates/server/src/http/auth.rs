@@ -104,6 +104,9 @@ impl App {
         if !ct_eq(state, pending.secrets.state.expose()) {
             return Err(bad("state_mismatch", "the login response does not belong to this login"));
         }
+        if !self.oidc.accepts_response_issuer(q.get("iss").map(String::as_str)) {
+            return Err(bad("iss_mismatch", "the login response does not name this server's provider (RFC 9207)"));
+        }
         let code =
             q.get("code").filter(|c| !c.is_empty()).ok_or_else(|| bad("missing_code", "no authorization code"))?;
         let result = self.oidc.exchange(code, &pending.secrets).await.map_err(|e| {
