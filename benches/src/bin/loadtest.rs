@@ -61,6 +61,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
     }
 }
 

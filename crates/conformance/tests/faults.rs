@@ -87,7 +87,8 @@ async fn a_provider_outage_loses_no_session() {
     cluster::freeze(&base, outage_start).await;
     switch.cut();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = transient_refreshes(&reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap());
+    let metrics = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let before = transient_refreshes(&reqwest::get(&metrics).await.unwrap().text().await.unwrap());
     // Two simulated minutes of load, one API call per session per simulated second.
     let window_s = 120u64;
     for s in 0..window_s {
@@ -104,8 +105,7 @@ async fn a_provider_outage_loses_no_session() {
             assert_eq!(r.status, 503, "expired token during the outage, second {s}: {}", r.body);
         }
     }
-    let attempts =
-        transient_refreshes(&reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap()) - before;
+    let attempts = transient_refreshes(&reqwest::get(&metrics).await.unwrap().text().await.unwrap()) - before;
     // The schedule: an attempt, then waits of backoff(1), backoff(2), … within the window.
     let mut bound = 0u64;
     let mut at = Duration::ZERO;

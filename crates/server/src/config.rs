@@ -94,6 +94,9 @@ pub struct Common {
     /// How many sign-ins one address may make at once before the rate applies.
     #[arg(long, env = "BFF_SESSION_LOGIN_BURST", default_value_t = 20)]
     pub login_burst: u32,
+    /// Where GET /metrics is served, apart from the public listener (loopback by default); `off` for nowhere.
+    #[arg(long, env = "BFF_SESSION_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub metrics_listen: Listen,
     /// Comma-separated origins besides the public URL whose pages may make unsafe requests (checked against
     /// the `Origin` header), e.g. https://admin.example.com.
     #[arg(long, env = "BFF_SESSION_ALLOWED_ORIGINS", default_value = "")]
@@ -189,6 +192,19 @@ pub struct Settings {
     pub login_limit: Option<crate::limit::LoginLimit>,
     /// Origins besides the public one allowed to make unsafe requests.
     pub allowed_origins: Vec<String>,
+    /// Where `/metrics` is served; `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// An address to listen on, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    s.parse().map(|a| Listen(Some(a))).map_err(|e| format!("{s:?} is not an address like 127.0.0.1:9464 or off: {e}"))
 }
 
 /// A setting that cannot be used, with the reason.
@@ -308,6 +324,7 @@ impl Common {
             max_body: self.max_body,
             login_limit,
             allowed_origins,
+            metrics_listen: self.metrics_listen.0,
         })
     }
 }
@@ -444,6 +461,13 @@ mod tests {
         for local in ["http://localhost:8080", "http://127.0.0.1:8080", "http://[::1]:8080"] {
             assert!(serve(&["--public-url", local]).is_ok(), "{local}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_by_default_or_off() {
+        assert_eq!(serve(&[]).unwrap().metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(serve(&["--metrics-listen", "off"]).unwrap().metrics_listen, None);
+        assert!(serve(&["--metrics-listen", "metrics.local"]).is_err());
     }
 
     #[test]

@@ -209,7 +209,6 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
     }
     let (route, result) = match (m, segments.as_slice()) {
         ("GET", ["healthz"]) => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
-        ("GET", ["metrics"]) => ("metrics", Ok(text(app.service.metrics.render()))),
         ("GET", ["openapi.json"]) => ("openapi", Ok(openapi())),
         ("GET", ["auth", "login"]) => ("login", app.login(&req).await),
         ("GET", ["auth", "callback"]) => ("callback", app.callback(&req).await),
@@ -226,7 +225,7 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
         ("GET", [""]) if app.demo => ("demo", Ok(crate::demo::page())),
         #[cfg(feature = "demo")]
         (_, ["__echo", ..]) if app.demo => ("echo", Ok(crate::demo::echo(&req))),
-        (_, ["auth" | "healthz" | "metrics" | "openapi.json", ..]) => (
+        (_, ["auth" | "healthz" | "openapi.json", ..]) => (
             "other",
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -251,6 +250,12 @@ fn openapi() -> Response {
 }
 
 const OPENAPI: &str = include_str!("../api/openapi.json");
+
+/// `GET /metrics`, served on its own listener (`--metrics-listen`), never on the public one: the
+/// counters describe every user's traffic.
+pub fn metrics_routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
+    warp::path!("metrics").and(warp::get()).map(move || text(service.metrics.render())).boxed()
+}
 
 fn text(body: String) -> Response {
     warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()

@@ -84,6 +84,9 @@ impl std::error::Error for StartError {}
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_task: Option<JoinHandle<()>>,
     pub public_url: String,
     pub app: Arc<App>,
     /// The embedded dev provider, when there is one.
@@ -107,6 +110,9 @@ impl Running {
     /// Waits until the server stops (after a signal passed to [`start_with_shutdown`]), then winds down.
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
         self.app.service.stop_background();
         for t in self.background.drain(..) {
             let _ = t.await;
@@ -239,11 +245,28 @@ pub async fn start_with_shutdown(
         login_limiter: settings.login_limit.map(limit::LoginLimiter::new),
         allowed_origins: settings.allowed_origins.clone(),
     });
+    let (metrics_addr, metrics_task) = match settings.metrics_listen {
+        Some(listen) => {
+            let bound = match TcpListener::bind(listen).await.and_then(|l| Ok((l.local_addr()?, l))) {
+                Ok(bound) => bound,
+                Err(e) => {
+                    task.abort();
+                    return Err(StartError::Listen { addr: listen, error: e.to_string() });
+                }
+            };
+            let (metrics_addr, listener) = bound;
+            let routes = http::metrics_routes(service.clone());
+            (Some(metrics_addr), Some(tokio::spawn(warp::serve(routes).incoming(listener).run())))
+        }
+        None => (None, None),
+    };
     let _ = cell.set(app.clone());
     let background = service.spawn_background();
     tracing::info!(%addr, %public_url, "bff-session listening");
     Ok(Running {
         addr,
+        metrics_addr,
+        metrics_task,
         public_url,
         app,
         #[cfg(feature = "demo")]

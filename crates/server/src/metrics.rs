@@ -1,4 +1,4 @@
-//! Counters and latencies, exposed in the Prometheus text format at `/metrics`.
+//! Counters and latencies, exposed in the Prometheus text format at `/metrics` (on `--metrics-listen`).
 //!
 //! Owns the numbers only; it never labels anything with a session ID, user or token.
 
@@ -11,10 +11,11 @@ use std::time::Duration;
 const BUCKETS_US: [u64; 10] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
 /// The routes latencies are kept for; `observe` on any other name counts as "other".
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 19] = [
     "healthz",
-    "metrics",
     "openapi",
+    "rate_limited",
+    "cross_site",
     "login",
     "callback",
     "session",

@@ -131,6 +131,7 @@ pub fn replica_settings(
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
     }
 }
 

@@ -44,6 +44,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),
+        metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
     }
 }
 
@@ -75,6 +76,12 @@ impl Server {
         let port = free_port();
         let running = start(settings(data, port, policy)).await.expect("server starts");
         Self { base: format!("http://127.0.0.1:{port}"), running: Some(running), data: data.to_owned(), _dir: None }
+    }
+
+    /// `GET /metrics` from the metrics listener.
+    pub async fn metrics(&self) -> String {
+        let addr = self.running.as_ref().and_then(|r| r.metrics_addr).expect("a metrics listener");
+        reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
     }
 
     pub fn idp(&self) -> &DevIdp {
