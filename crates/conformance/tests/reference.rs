@@ -56,6 +56,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         login_limit: None,
         allowed_origins: Vec::new(),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        upstream_timeout: Duration::from_secs(30),
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

@@ -69,6 +69,9 @@ pub struct Common {
     /// Comma-separated addresses or CIDRs of reverse proxies whose Forwarded/X-Forwarded-For are believed.
     #[arg(long, env = "BFF_SESSION_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// Time limit of one call to the API upstream through /api/*; past it the call gets 504.
+    #[arg(long, env = "BFF_SESSION_UPSTREAM_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub upstream_timeout: Duration,
     /// Time limit of one call to the provider's token endpoint; must be shorter than the refresh lease.
     #[arg(long, env = "BFF_SESSION_REFRESH_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub refresh_timeout: Duration,
@@ -194,6 +197,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Where `/metrics` is served; `None`: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Time limit of one upstream call through the proxy.
+    pub upstream_timeout: Duration,
 }
 
 /// An address to listen on, or `off`.
@@ -325,6 +330,7 @@ impl Common {
             login_limit,
             allowed_origins,
             metrics_listen: self.metrics_listen.0,
+            upstream_timeout: self.upstream_timeout,
         })
     }
 }

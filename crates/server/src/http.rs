@@ -22,11 +22,14 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::oidc::Oidc;
+use crate::proxy::ForwardError;
 use crate::request::{CSRF_HEADER, Req};
 use crate::service::{Access, Admitted, Service, ServiceError};
 
 /// Largest body of a route other than the proxy: a back-channel logout token, a test-clock command.
 const MAX_AUTH_BODY: usize = 64 << 10;
+/// Largest answer of the API upstream the proxy passes on (it is held in memory).
+const MAX_UPSTREAM_ANSWER: usize = 16 << 20;
 
 /// Everything the handlers need that is not per request.
 pub struct App {
@@ -422,9 +425,28 @@ impl App {
             proto: self.public_url.split("://").next().unwrap_or("http").to_owned(),
             host: self.public_url.split("://").nth(1).unwrap_or_default().to_owned(),
         };
-        crate::proxy::forward(&self.http, req, target, &token, &forwarding).await.map(no_store).map_err(|e| {
-            warn!(error = %e, "upstream call failed");
-            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", "the API upstream could not be reached")
-        })
+        crate::proxy::forward(&self.http, req, target, &token, &forwarding, MAX_UPSTREAM_ANSWER)
+            .await
+            .map(no_store)
+            .map_err(|e| {
+                warn!(error = %e, "upstream call failed");
+                match e {
+                    ForwardError::Timeout => ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        "the API upstream did not answer in time",
+                    ),
+                    ForwardError::TooLarge { .. } => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_too_large",
+                        "the API upstream's answer is too large",
+                    ),
+                    ForwardError::Request(_) | ForwardError::Upstream(_) => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        "the API upstream could not be reached",
+                    ),
+                }
+            })
     }
 }

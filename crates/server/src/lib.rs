@@ -229,7 +229,7 @@ pub async fn start_with_shutdown(
     };
     let http_client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
+        .timeout(settings.upstream_timeout)
         .build()
         .map_err(|e| StartError::HttpClient(e.to_string()))?;
     let app = Arc::new(App {

@@ -83,6 +83,16 @@ pub enum ForwardError {
     Request(String),
     /// The upstream could not be reached or its answer could not be read.
     Upstream(String),
+    /// The upstream did not answer in time.
+    Timeout,
+    /// The upstream's answer is larger than the cap.
+    TooLarge { limit: usize },
+}
+
+impl ForwardError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() { Self::Timeout } else { Self::Upstream(e.without_url().to_string()) }
+    }
 }
 
 impl fmt::Display for ForwardError {
@@ -90,6 +100,8 @@ impl fmt::Display for ForwardError {
         match self {
             Self::Request(e) => write!(f, "request cannot be forwarded: {e}"),
             Self::Upstream(e) => write!(f, "upstream call failed: {e}"),
+            Self::Timeout => f.write_str("the upstream did not answer in time"),
+            Self::TooLarge { limit } => write!(f, "the upstream's answer is larger than {limit} bytes"),
         }
     }
 }
@@ -216,6 +228,7 @@ pub async fn forward(
     target: url::Url,
     token: &Secret,
     forwarding: &Forwarding,
+    max_answer: usize,
 ) -> Result<Response, ForwardError> {
     let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
         .map_err(|e| ForwardError::Request(e.to_string()))?;
@@ -226,10 +239,23 @@ pub async fn forward(
         .body(req.body.clone())
         .send()
         .await
-        .map_err(|e| ForwardError::Upstream(e.without_url().to_string()))?;
+        .map_err(ForwardError::from_reqwest)?;
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let out_headers = response_headers(upstream.headers());
-    let body: Bytes = upstream.bytes().await.map_err(|e| ForwardError::Upstream(e.without_url().to_string()))?;
+    // The answer is held in memory: refuse a declared length over the cap before reading, and stop reading
+    // one without a length as soon as it passes the cap.
+    if upstream.content_length().is_some_and(|n| n > max_answer as u64) {
+        return Err(ForwardError::TooLarge { limit: max_answer });
+    }
+    let mut upstream = upstream;
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = upstream.chunk().await.map_err(ForwardError::from_reqwest)? {
+        if body.len() + chunk.len() > max_answer {
+            return Err(ForwardError::TooLarge { limit: max_answer });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body: Bytes = body.freeze();
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
     *response.headers_mut() = out_headers;

@@ -39,6 +39,11 @@ struct Sweep {
 impl Sweep {
     fn record(&mut self, what: &str, r: &Resp, allowed: &[&str]) {
         assert!(r.status.as_u16() < 500, "{what}: {} {}", r.status, r.body);
+        self.keep(what, r, allowed);
+    }
+
+    /// Keeps a response for the sweep for secrets.
+    fn keep(&mut self, what: &str, r: &Resp, allowed: &[&str]) {
         let mut text = format!("{}\n", r.status);
         for (k, v) in &r.headers {
             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("")));
@@ -51,6 +56,14 @@ impl Sweep {
     fn expect(&mut self, what: &str, r: Resp, status: StatusCode, error: &str) {
         assert_eq!((r.status, r.error().as_str()), (status, error), "{what}: {}", r.body);
         self.record(what, &r, &[]);
+        self.cases += 1;
+    }
+
+    /// One case whose fault is the upstream's, not the client's: a 502 or 504 is the right answer.
+    fn expect_gateway(&mut self, what: &str, r: Resp, status: StatusCode, error: &str) {
+        assert!(matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT));
+        assert_eq!((r.status, r.error().as_str()), (status, error), "{what}: {}", r.body);
+        self.keep(what, &r, &[]);
         self.cases += 1;
     }
 
@@ -88,6 +101,51 @@ async fn raw(b: &Browser, method: Method, path: &str, headers: &[(&str, String)]
     }
     let r = req.send().await.unwrap();
     Resp { status: r.status(), headers: r.headers().clone(), body: r.text().await.unwrap() }
+}
+
+/// An API upstream that misbehaves by path: `/slow` never answers in time, `/huge` declares 17 MiB,
+/// `/chunked` sends 17 MiB without a length; anything else answers `{}`.
+async fn misbehaving_upstream(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            let mut head = vec![0u8; 8192];
+            let n = stream.read(&mut head).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&head[..n]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let mib = vec![b'x'; 1 << 20];
+            match path.as_str() {
+                "/slow" => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
+                "/huge" => {
+                    let _ = stream
+                        .write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", 17 << 20).as_bytes())
+                        .await;
+                    for _ in 0..17 {
+                        if stream.write_all(&mib).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                "/chunked" => {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
+                    for _ in 0..17 {
+                        let chunk =
+                            [format!("{:x}\r\n", mib.len()).into_bytes(), mib.clone(), b"\r\n".to_vec()].concat();
+                        if stream.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                }
+                _ => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+                        .await;
+                }
+            }
+        });
+    }
 }
 
 /// Writes `request` to the server over a plain TCP connection (what a client library would not send) and
@@ -476,6 +534,30 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         "no metadata: CSRF decides"
     );
 
+    // An upstream that hangs gets 504, one that answers too much (declared, or chunked without a length) 502.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}/", upstream.local_addr().unwrap());
+    tokio::spawn(misbehaving_upstream(upstream));
+    let guarded = Server::start_with(|s| {
+        s.upstream = bff_session_server::config::Upstream::Url(upstream_url.parse().unwrap());
+        s.upstream_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut caller = guarded.browser();
+    caller.login("upstream-caller").await;
+    let r = caller.get("/api/slow").await;
+    sweep.expect_gateway(
+        "an upstream that does not answer in time",
+        r,
+        StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
+    );
+    let r = caller.get("/api/huge").await;
+    sweep.expect_gateway("an upstream answer over the cap", r, StatusCode::BAD_GATEWAY, "upstream_too_large");
+    let r = caller.get("/api/chunked").await;
+    sweep.expect_gateway("a chunked upstream answer over the cap", r, StatusCode::BAD_GATEWAY, "upstream_too_large");
+    assert_eq!(caller.get("/api/small").await.status, StatusCode::OK, "a well-behaved answer passes");
+
     // A sign-in flood from one address (read through the trusted proxy) is slowed down; others are not.
     let limited = Server::start_with(|s| {
         s.login_limit = Some(bff_session_server::limit::LoginLimit {
@@ -542,5 +624,5 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 73);
+    assert_eq!(sweep.cases, 76);
 }

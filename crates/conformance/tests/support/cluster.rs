@@ -132,6 +132,7 @@ pub fn replica_settings(
         login_limit: None,
         allowed_origins: Vec::new(),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        upstream_timeout: Duration::from_secs(30),
     }
 }
 

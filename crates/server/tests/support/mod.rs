@@ -45,6 +45,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         login_limit: None,
         allowed_origins: Vec::new(),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+        upstream_timeout: Duration::from_secs(30),
     }
 }
 
