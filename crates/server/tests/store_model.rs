@@ -258,8 +258,29 @@ fn migrations_are_versioned_and_idempotent() {
     for _ in 0..3 {
         let Location::Postgres(url) = &location else { unreachable!() };
         let pg = rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened())).unwrap();
-        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1]);
+        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2]);
     }
+}
+
+/// Seen logout-token `jti`s are refused until swept, and a sweep takes only the expired ones (through the
+/// expiry index), in PostgreSQL as in sled.
+#[test]
+fn jtis_are_swept_by_expiry_in_postgres() {
+    let Some(url) = postgres_url("jtis") else { return };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = rt
+        .block_on(store::open(&Location::Postgres(url), TokenSealer::from_key([3; 32]), Policy::hardened(), 0))
+        .unwrap();
+    rt.block_on(async {
+        for (jti, exp) in [("pg-a", 100), ("pg-b", 200), ("pg-c", 300)] {
+            assert!(store.remember_jti(jti, exp).await.unwrap());
+            assert!(store.jti_seen(jti).await.unwrap());
+            assert!(!store.remember_jti(jti, exp).await.unwrap(), "{jti} replayed");
+        }
+        assert_eq!(store.sweep_jtis(250).await.unwrap(), 2);
+        assert!(!store.jti_seen("pg-a").await.unwrap());
+        assert!(store.jti_seen("pg-c").await.unwrap());
+    });
 }
 
 /// The database refuses to make a tombstone active again, whatever version a writer presents.

@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 const PASS_LIMIT: usize = 10_000;
 /// Revocations waiting for the provider, at most; beyond that they are dropped and counted.
 const REVOCATION_QUEUE: usize = 10_000;
+/// How long past its token's `exp` a `jti` is kept: longer than any clock skew a token is accepted with.
+const JTI_GRACE_SECS: u64 = 600;
 /// Revocation calls in flight at once.
 const REVOCATION_CONCURRENCY: usize = 4;
 
@@ -89,6 +91,12 @@ impl Service {
         }
         if let Err(e) = self.store.sweep_logins(self.clock.now()).await {
             warn!(error = %e, "expired pending logins not swept");
+        }
+        // Logout tokens are judged on real time (their exp and iat come from the provider's clock), so are
+        // their jtis: one is forgotten once its token is past exp by more than any skew allowed.
+        let real_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Err(e) = self.store.sweep_jtis(real_now.saturating_sub(JTI_GRACE_SECS)).await {
+            warn!(error = %e, "expired logout-token jtis not swept");
         }
         for r in refreshes {
             let _ = r.await;

@@ -143,6 +143,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Whether a logout token's `jti` has been recorded.
     async fn jti_seen(&self, jti: &str) -> Result<bool, StoreError>;
 
+    /// Forgets the `jti`s of tokens that expired before `exp` (Unix seconds), without reading the others.
+    async fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError>;
+
     /// Records a logout token's `jti` until `exp`; `false` if anyone recorded it before.
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError>;
 }

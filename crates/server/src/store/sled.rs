@@ -38,6 +38,8 @@ pub struct SledStore {
     by_sub: Tree,
     logins: Tree,
     jtis: Tree,
+    /// Seen `jti`s by expiry (`exp` big-endian, then the `jti`), so the sweep reads only what is over.
+    jtis_by_exp: Tree,
     sealer: TokenSealer,
     policy: Policy,
     decoded: Decoded,
@@ -115,6 +117,7 @@ impl SledStore {
             by_sub: db.open_tree("by_sub")?,
             logins: db.open_tree("logins")?,
             jtis: db.open_tree("jtis")?,
+            jtis_by_exp: db.open_tree("jtis_by_exp")?,
             db,
             sealer,
             policy,
@@ -297,8 +300,32 @@ impl SledStore {
 
     /// Records a logout token's `jti`; `false` if it was seen before.
     pub fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
-        let swapped = self.jtis.compare_and_swap(jti.as_bytes(), None::<&[u8]>, Some(exp.to_be_bytes().as_slice()))?;
-        Ok(swapped.is_ok())
+        let by_exp = jti_exp_key(exp, jti);
+        let result = (&self.jtis, &self.jtis_by_exp).transaction(|(jtis, by_expiry)| {
+            if jtis.get(jti.as_bytes())?.is_some() {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            jtis.insert(jti.as_bytes(), exp.to_be_bytes().as_slice())?;
+            by_expiry.insert(by_exp.as_slice(), &[])?;
+            Ok(())
+        });
+        match map_tx(result) {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets the `jti`s whose tokens expired before `exp`, reading only those.
+    pub fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError> {
+        let over: Vec<_> = self.jtis_by_exp.range(..exp.to_be_bytes().to_vec()).keys().filter_map(Result::ok).collect();
+        for key in &over {
+            if let Some(jti) = key.get(8..) {
+                self.jtis.remove(jti)?;
+            }
+            self.jtis_by_exp.remove(key)?;
+        }
+        Ok(over.len())
     }
 
     /// Waits until every write so far is on disk.
@@ -363,6 +390,16 @@ impl Store for SledStore {
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         SledStore::remember_jti(self, jti, exp)
     }
+
+    async fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError> {
+        SledStore::sweep_jtis(self, exp)
+    }
+}
+
+fn jti_exp_key(exp: u64, jti: &str) -> Vec<u8> {
+    let mut key = exp.to_be_bytes().to_vec();
+    key.extend_from_slice(jti.as_bytes());
+    key
 }
 
 fn version_of(value: &[u8]) -> u64 {
@@ -374,5 +411,24 @@ fn map_tx(result: Result<(), TransactionError<()>>) -> Result<(), StoreError> {
         Ok(()) => Ok(()),
         Err(TransactionError::Abort(())) => Err(StoreError::Conflict),
         Err(TransactionError::Storage(e)) => Err(StoreError::Io(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_jtis_are_refused_until_swept_and_the_sweep_takes_only_expired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), TokenSealer::from_key([3; 32]), Policy::hardened(), 1 << 20).unwrap();
+        for (jti, exp) in [("a", 100), ("b", 200), ("c", 300)] {
+            assert!(store.remember_jti(jti, exp).unwrap());
+            assert!(!store.remember_jti(jti, exp).unwrap(), "{jti} replayed");
+        }
+        assert_eq!(store.sweep_jtis(250).unwrap(), 2);
+        assert!(store.remember_jti("a", 100).unwrap(), "a is forgotten");
+        assert!(!store.remember_jti("c", 300).unwrap(), "c is still remembered");
+        assert_eq!(store.sweep_jtis(250).unwrap(), 1);
     }
 }
