@@ -1,7 +1,7 @@
 //! Commands that end several sessions at once: logout everywhere and back-channel logout.
 //!
 //! Owns which sessions such a command names ([`Lookup`]), which one a back-channel logout token names
-//! (its `sid` before its `sub`), the reason each session ends with, and what the requesting browser's
+//! (its `sid` before its `sub`) and how old a logout token may be ([`logout_token_is_fresh`]), the reason each session ends with, and what the requesting browser's
 //! cookies become. It finds no records: the shell (or `Registry`) looks the keys up in its indexes, runs
 //! [`RevokeAll::revoke`] on each record and folds the results with [`RevokeAll::finish`].
 
@@ -11,6 +11,16 @@ use crate::lifecycle::{self, Refusal, Transition};
 use crate::policy::Policy;
 use crate::session::{RevocationReason, Session, UserId};
 use crate::time::Timestamp;
+
+/// How long after its `iat` a logout token is still taken, besides the clock skew allowed: long enough for
+/// a provider's retries, short enough that the `jti`s seen need only be kept that long.
+pub const LOGOUT_TOKEN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether a logout token issued at `iat` is still taken at `now` (both Unix seconds on the provider's
+/// clock, the one its `exp` and `iat` are written in), allowing `skew`.
+pub fn logout_token_is_fresh(iat: u64, now: u64, skew: std::time::Duration) -> bool {
+    iat.saturating_add((LOGOUT_TOKEN_MAX_AGE + skew).as_secs()) >= now
+}
 
 /// An index of active sessions, and the value to look up in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -119,6 +129,18 @@ impl RevokeAll {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_logout_token_is_fresh_for_five_minutes_and_the_skew() {
+        let skew = std::time::Duration::from_secs(30);
+        assert!(logout_token_is_fresh(1_000, 1_000, skew));
+        assert!(logout_token_is_fresh(1_000, 1_330, skew), "the last second counts");
+        assert!(!logout_token_is_fresh(1_000, 1_331, skew));
+        assert!(logout_token_is_fresh(1_000, 1_300, std::time::Duration::ZERO));
+        assert!(!logout_token_is_fresh(1_000, 1_301, std::time::Duration::ZERO));
+        assert!(logout_token_is_fresh(u64::MAX, 5, skew), "a token from the future is exp's and nbf's to judge");
+    }
+
     use super::*;
 
     #[test]

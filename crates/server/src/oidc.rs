@@ -29,8 +29,6 @@ type Client =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
 
 const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-/// How long after its `iat` a logout token is still taken (plus the clock skew allowed).
-const LOGOUT_TOKEN_MAX_AGE: Duration = Duration::from_secs(300);
 /// How often a token naming an unknown key may make the JWKS be fetched again.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -348,7 +346,7 @@ impl Oidc {
         // A token issued long ago is refused even before it expires: its jti may have been forgotten.
         let iat = c["iat"].as_u64().ok_or(LogoutTokenError::Claims("iat is not a number"))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if iat.saturating_add((LOGOUT_TOKEN_MAX_AGE + self.skew).as_secs()) < now {
+        if !bff_session_core::revoke_all::logout_token_is_fresh(iat, now, self.skew) {
             return Err(LogoutTokenError::Claims("iat is too old"));
         }
         let jti = c["jti"].as_str().filter(|j| !j.is_empty()).ok_or(LogoutTokenError::Claims("no jti"))?.to_owned();
