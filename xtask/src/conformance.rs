@@ -63,7 +63,7 @@ fn reference_launch(preset: &str, dir: &std::path::Path, extra: &str) -> Result<
     let launch = format!(
         "exec {server} serve --listen 127.0.0.1:{port} --public-url {target} --issuer \"$BFF_CONFORMANCE_ISSUER\" \
          --client-id \"$BFF_CONFORMANCE_CLIENT_ID\" --client-secret \"$BFF_CONFORMANCE_CLIENT_SECRET\" \
-         --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --login-rate 0 --policy {preset} --data-dir {data} {extra} >{log} 2>&1",
+         --upstream \"$BFF_CONFORMANCE_UPSTREAM\" --test-clock --login-rate 0 --metrics-listen off --policy {preset} --data-dir {data} {extra} >{log} 2>&1",
         server = root().join("target/debug/bff-session").display(),
         data = dir.join("data").display(),
         log = dir.join("server.log").display(),

@@ -24,7 +24,7 @@ fn start(port: u16, data: &std::path::Path, log: &std::path::Path) -> Process {
     let child = Command::new(env!("CARGO_BIN_EXE_bff-session"))
         .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--public-url", &format!("http://127.0.0.1:{port}")])
         // Its load signs in from one address far faster than any person would.
-        .args(["--access-token-ttl", "1h", "--login-rate", "0", "--data-dir"])
+        .args(["--access-token-ttl", "1h", "--login-rate", "0", "--metrics-listen", "off", "--data-dir"])
         .arg(data)
         .env("BFF_SESSION_LOG", "warn")
         .stdout(Stdio::from(log.try_clone().unwrap()))
