@@ -101,7 +101,7 @@ pub struct Common {
     #[arg(long, env = "BFF_SESSION_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub metrics_listen: Listen,
     /// Comma-separated origins besides the public URL whose pages may make unsafe requests (checked against
-    /// the `Origin` header), e.g. https://admin.example.com.
+    /// the `Origin` header), e.g. `https://admin.example.com`.
     #[arg(long, env = "BFF_SESSION_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
 }
