@@ -57,6 +57,8 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         allowed_origins: Vec::new(),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         upstream_timeout: Duration::from_secs(30),
+        conn_limits: bff_session_server::conn::ConnLimits::default(),
+        max_pending_logins: 100_000,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

@@ -90,6 +90,15 @@ pub struct Common {
     /// Every other route takes at most 64 KiB.
     #[arg(long, env = "BFF_SESSION_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Sign-ins begun and not yet back from the provider, held at most; beyond it the oldest is forgotten.
+    #[arg(long, env = "BFF_SESSION_MAX_PENDING_LOGINS", default_value_t = 100_000)]
+    pub max_pending_logins: usize,
+    /// Largest request line plus headers, in bytes; beyond it 431.
+    #[arg(long, env = "BFF_SESSION_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's headers; also how long an idle kept-alive connection stays open.
+    #[arg(long, env = "BFF_SESSION_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
     /// Sign-ins (GET /auth/login and /auth/callback) allowed per minute from one client address, read
     /// through --trusted-proxies; more get 429 with Retry-After. 0 turns the limit off (for load tests).
     #[arg(long, env = "BFF_SESSION_LOGIN_RATE", default_value_t = 60)]
@@ -199,6 +208,10 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     /// Time limit of one upstream call through the proxy.
     pub upstream_timeout: Duration,
+    /// What one client connection may cost.
+    pub conn_limits: crate::conn::ConnLimits,
+    /// Pending logins held at most (core's `LoginPolicy::capacity`).
+    pub max_pending_logins: usize,
 }
 
 /// An address to listen on, or `off`.
@@ -285,6 +298,15 @@ impl Common {
                 ),
             ));
         }
+        if self.max_pending_logins == 0 {
+            return Err(err("--max-pending-logins", "must be at least 1, or nobody could sign in"));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(err("--max-header-bytes", "must be at least 1024: a browser's own headers take that much"));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(err("--header-read-timeout", "must be at least 1s"));
+        }
         let trusted_proxies =
             TrustedProxies::parse(&self.trusted_proxies).map_err(|e| err("--trusted-proxies", e.to_string()))?;
         if let Some(url) = &self.public_url {
@@ -331,6 +353,11 @@ impl Common {
             allowed_origins,
             metrics_listen: self.metrics_listen.0,
             upstream_timeout: self.upstream_timeout,
+            max_pending_logins: self.max_pending_logins,
+            conn_limits: crate::conn::ConnLimits {
+                max_header_bytes: self.max_header_bytes,
+                header_read_timeout: self.header_read_timeout,
+            },
         })
     }
 }

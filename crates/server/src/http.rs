@@ -110,7 +110,7 @@ pub fn routes(cell: Arc<std::sync::OnceLock<Arc<App>>>) -> BoxedFilter<(Response
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<crate::conn::Peer>().map(|peer: Option<crate::conn::Peer>| peer.map(|p| p.0)))
         .and(warp::body::stream())
         .and(warp::any().map(move || cell.clone()))
         .then(

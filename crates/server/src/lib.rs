@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod conn;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
@@ -178,7 +179,7 @@ pub async fn start_with_shutdown(
             () = signal => {}
         }
     };
-    let task = tokio::spawn(warp::serve(bff).incoming(listener).graceful(stop).run());
+    let task = tokio::spawn(conn::serve(listener, bff, settings.conn_limits, stop));
 
     let (issuer, client_id, client_secret) = match &settings.provider {
         Provider::External { issuer, client_id, client_secret } => {
@@ -211,6 +212,7 @@ pub async fn start_with_shutdown(
     }
     let clock = clock::Clock::new(settings.test_clock);
     let mut service = Service::new(settings.policy.clone(), clock, store, oidc.clone(), settings.refresh_timeout);
+    service.login_policy.capacity = settings.max_pending_logins;
     if let Some(path) = &settings.audit_log {
         match audit::AuditLog::open(path, &settings.policy) {
             Ok(log) => service.audit = Some(log),
@@ -256,7 +258,8 @@ pub async fn start_with_shutdown(
             };
             let (metrics_addr, listener) = bound;
             let routes = http::metrics_routes(service.clone());
-            (Some(metrics_addr), Some(tokio::spawn(warp::serve(routes).incoming(listener).run())))
+            let forever = std::future::pending();
+            (Some(metrics_addr), Some(tokio::spawn(conn::serve(listener, routes, settings.conn_limits, forever))))
         }
         None => (None, None),
     };

@@ -57,8 +57,13 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// Adds one to `name{label="value"}`.
     pub fn inc(&self, name: &'static str, label: &'static str, value: &'static str) {
+        self.add(name, label, value, 1);
+    }
+
+    /// Adds `n` to `name{label="value"}`.
+    pub fn add(&self, name: &'static str, label: &'static str, value: &'static str, n: u64) {
         if let Ok(mut c) = self.counters.lock() {
-            *c.entry((name, label, value)).or_default() += 1;
+            *c.entry((name, label, value)).or_default() += n;
         }
     }
 

@@ -258,7 +258,7 @@ fn migrations_are_versioned_and_idempotent() {
     for _ in 0..3 {
         let Location::Postgres(url) = &location else { unreachable!() };
         let pg = rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened())).unwrap();
-        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2]);
+        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2, 3]);
     }
 }
 
@@ -318,4 +318,88 @@ fn a_tombstone_cannot_be_overwritten_in_postgres() {
     let stored = rt.block_on(store.get(&created.key())).unwrap().unwrap();
     assert!(!stored.is_active());
     rt.block_on(store.delete(&stored)).unwrap();
+}
+
+/// A step of the pending-login test: begin one, redeem the `n`th begun (modulo), sweep, or let time pass.
+#[derive(Clone, Debug)]
+enum LoginStep {
+    Begin,
+    Redeem(usize),
+    Sweep,
+    Wait(u64),
+}
+
+fn login_steps() -> impl proptest::strategy::Strategy<Value = Vec<LoginStep>> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        4 => Just(LoginStep::Begin),
+        3 => (0usize..16).prop_map(LoginStep::Redeem),
+        1 => Just(LoginStep::Sweep),
+        2 => (0u64..8_000).prop_map(LoginStep::Wait),
+    ];
+    proptest::collection::vec(step, 1..40)
+}
+
+/// Pending logins through the service, on a store, against core's bounded table (`Logins`): every callback
+/// gets what the table says, while the store evicts the oldest beyond the capacity and sweeps what is over.
+/// A store takes a login out to redeem it, so a second callback with one cookie finds nothing there where the
+/// table remembers "used" or "expired".
+fn logins_agree_with_core(store: Arc<dyn Store>, rt: &tokio::runtime::Runtime, steps: &[LoginStep]) {
+    use bff_session_core::login::{LoginPolicy, Logins};
+    use bff_session_core::{LoginKey, LoginRefusal, LoginSecrets};
+
+    let policy = LoginPolicy { lifetime: Duration::from_secs(10), capacity: 3 };
+    let mut service =
+        Service::new(Policy::hardened(), Clock::new(true), store, Arc::new(NoProvider), Duration::from_secs(5));
+    service.login_policy = policy;
+    let mut table = Logins::new(policy);
+    let mut now = Timestamp::from_millis(1_000_000);
+    let mut cookies: Vec<String> = Vec::new();
+    let mut redeemed = std::collections::HashSet::new();
+    let secrets = || LoginSecrets { state: Secret::new("s"), nonce: Secret::new("n"), verifier: Secret::new("v") };
+    for step in steps {
+        service.clock.freeze(now);
+        match step {
+            LoginStep::Begin => {
+                let return_to = format!("/{}", cookies.len());
+                let cookie = rt.block_on(service.begin_login(secrets(), return_to.clone())).unwrap();
+                table.begin(LoginKey::of_cookie(&cookie), secrets(), return_to, now);
+                cookies.push(cookie);
+            }
+            LoginStep::Redeem(n) if !cookies.is_empty() => {
+                let cookie = &cookies[n % cookies.len()];
+                let got = rt.block_on(service.finish_login(cookie)).unwrap().map(|l| l.return_to);
+                let in_table = table.redeem(&LoginKey::of_cookie(cookie), now).map(|l| l.return_to);
+                let expected = if redeemed.insert(n % cookies.len()) { in_table } else { Err(LoginRefusal::Unknown) };
+                assert_eq!(got, expected, "redeeming login {} at {now:?} after {steps:?}", n % cookies.len());
+            }
+            LoginStep::Redeem(_) => {}
+            LoginStep::Sweep => {
+                rt.block_on(service.store.sweep_logins(now)).unwrap();
+                table.sweep(now);
+            }
+            LoginStep::Wait(ms) => now = now.saturating_add(Duration::from_millis(*ms)),
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(config(48))]
+
+    /// sled bounds and sweeps pending logins as core's table does.
+    #[test]
+    fn sled_pending_logins_agree_with_core(steps in login_steps()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (store, _dir) = Sled::open("logins", &Policy::hardened(), &rt).unwrap();
+        logins_agree_with_core(store, &rt, &steps);
+    }
+
+    /// PostgreSQL bounds and sweeps pending logins as core's table does.
+    #[test]
+    fn postgres_pending_logins_agree_with_core(steps in login_steps()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        if let Some((store, _)) = Postgres::open("logins", &Policy::hardened(), &rt) {
+            logins_agree_with_core(store, &rt, &steps);
+        }
+    }
 }

@@ -25,7 +25,10 @@ impl Service {
     pub async fn begin_login(&self, secrets: LoginSecrets, return_to: String) -> Result<String, ServiceError> {
         let cookie = URL_SAFE_NO_PAD.encode(random_bytes()?);
         let pending = PendingLogin::begin(secrets, return_to, self.clock.now(), &self.login_policy);
-        self.store.put_login(&LoginKey::of_cookie(&cookie), &pending).await?;
+        let evicted = self.store.put_login(&LoginKey::of_cookie(&cookie), &pending, self.login_policy.capacity).await?;
+        if evicted > 0 {
+            self.metrics.add("bff_pending_logins_evicted_total", "reason", "capacity", evicted as u64);
+        }
         Ok(cookie)
     }
 

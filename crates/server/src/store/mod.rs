@@ -131,14 +131,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Waits until every write so far is durable.
     async fn flush(&self) -> Result<(), StoreError>;
 
-    /// Saves a pending login under the key its cookie names.
-    async fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError>;
+    /// Saves a pending login under the key its cookie names, then evicts the oldest so that at most
+    /// `capacity` stay (core's [`LoginPolicy::capacity`](bff_session_core::LoginPolicy)); how many it evicted.
+    async fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError>;
 
     /// Removes and returns a pending login: of two concurrent takes, one gets it.
     async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError>;
 
-    /// Drops the pending logins whose lifetime is over at `now` ([`PendingLogin::is_over`]).
-    async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError>;
+    /// Drops the pending logins whose lifetime is over at `now` ([`PendingLogin::is_over`]), reading only
+    /// those; how many it dropped.
+    async fn sweep_logins(&self, now: Timestamp) -> Result<usize, StoreError>;
 
     /// Whether a logout token's `jti` has been recorded.
     async fn jti_seen(&self, jti: &str) -> Result<bool, StoreError>;

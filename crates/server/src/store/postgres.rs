@@ -22,7 +22,7 @@ use crate::seal::TokenSealer;
 
 /// The schema, in order. Each runs once, inside the transaction that records it; never edit one that has
 /// shipped, add the next.
-const MIGRATIONS: [(i32, &str); 2] = [
+const MIGRATIONS: [(i32, &str); 3] = [
     (
         1,
         "CREATE TABLE bff_sessions (
@@ -58,6 +58,12 @@ const MIGRATIONS: [(i32, &str); 2] = [
         // Sweeps read only what is over.
         "CREATE INDEX bff_jtis_by_exp ON bff_jtis (exp);
     CREATE INDEX bff_logins_by_expiry ON bff_logins (expires_ms);",
+    ),
+    (
+        3,
+        // Pending logins in the order they began, so the oldest beyond the capacity go in one range delete.
+        "ALTER TABLE bff_logins ADD COLUMN seq bigserial;
+    CREATE INDEX bff_logins_by_seq ON bff_logins (seq);",
     ),
 ];
 
@@ -295,17 +301,23 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
+    async fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError> {
+        // Rows at least `capacity` places behind this one in the sequence are the oldest beyond it. Gaps in
+        // the sequence (rolled-back inserts) only leave fewer rows, never more.
         let client = self.client().await?;
-        client
+        let capacity = i64::try_from(capacity.max(1)).unwrap_or(i64::MAX);
+        let evicted = client
             .execute(
-                "INSERT INTO bff_logins (key, value, expires_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms",
-                &[&key.as_bytes().as_slice(), &login.encode(), &ms(login.expires_at)],
+                "WITH added AS (
+                     INSERT INTO bff_logins (key, value, expires_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_ms = EXCLUDED.expires_ms
+                     RETURNING seq)
+                 DELETE FROM bff_logins WHERE seq <= (SELECT seq FROM added) - $4",
+                &[&key.as_bytes().as_slice(), &login.encode(), &ms(login.expires_at), &capacity],
             )
             .await
             .map_err(io)?;
-        Ok(())
+        Ok(usize::try_from(evicted).unwrap_or(usize::MAX))
     }
 
     async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
@@ -318,11 +330,11 @@ impl Store for PgStore {
         PendingLogin::decode(row.get::<_, &[u8]>(0)).map(Some).map_err(StoreError::CorruptLogin)
     }
 
-    async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+    async fn sweep_logins(&self, now: Timestamp) -> Result<usize, StoreError> {
         // `expires_ms` is core's `expires_at`, so this is `PendingLogin::is_over` evaluated by the index.
         let client = self.client().await?;
-        client.execute("DELETE FROM bff_logins WHERE expires_ms <= $1", &[&ms(now)]).await.map_err(io)?;
-        Ok(())
+        let n = client.execute("DELETE FROM bff_logins WHERE expires_ms <= $1", &[&ms(now)]).await.map_err(io)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError> {

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -37,6 +38,11 @@ pub struct SledStore {
     by_sid: Tree,
     by_sub: Tree,
     logins: Tree,
+    /// Pending logins in the order they began (a sequence number, big-endian), each naming its login key and
+    /// expiry: eviction takes the oldest and the sweep reads only what is over, never the whole table.
+    login_order: Tree,
+    /// The next pending login's sequence number; in memory, as only this process opens the database.
+    login_seq: AtomicU64,
     jtis: Tree,
     /// Seen `jti`s by expiry (`exp` big-endian, then the `jti`), so the sweep reads only what is over.
     jtis_by_exp: Tree,
@@ -109,7 +115,14 @@ impl SledStore {
     /// Opens (or creates) the store. sled's page cache is bounded at `cache_bytes`.
     pub fn open(path: &Path, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
+        let login_order = db.open_tree("login_order")?;
+        let next_seq = match login_order.last()? {
+            Some((k, _)) => <[u8; 8]>::try_from(&*k).map_or(0, u64::from_be_bytes).saturating_add(1),
+            None => 0,
+        };
         Ok(Self {
+            login_order,
+            login_seq: AtomicU64::new(next_seq),
             sessions: db.open_tree("sessions")?,
             schedule: db.open_tree("schedule")?,
             by_user: db.open_tree("by_user")?,
@@ -277,9 +290,36 @@ impl SledStore {
         }
     }
 
-    pub fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
-        self.logins.insert(key.as_bytes(), login.encode())?;
-        Ok(())
+    /// Saves a pending login, then evicts the oldest beyond `capacity`: the entries of the order tree at
+    /// least `capacity` places behind this one. Returns how many it evicted.
+    pub fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError> {
+        let seq = self.login_seq.fetch_add(1, Ordering::Relaxed);
+        let mut entry = key.as_bytes().to_vec();
+        entry.extend_from_slice(&login.expires_at.as_millis().to_be_bytes());
+        let result = (&self.logins, &self.login_order).transaction(|(logins, order)| {
+            logins.insert(key.as_bytes().as_slice(), login.encode())?;
+            order.insert(seq.to_be_bytes().as_slice(), entry.as_slice())?;
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        map_tx(result)?;
+        let Some(bound) = seq.checked_sub(capacity.max(1) as u64) else { return Ok(0) };
+        let mut evicted = 0;
+        for item in self.login_order.range(..=bound.to_be_bytes()) {
+            let (k, v) = item?;
+            evicted += usize::from(self.drop_login(&k, &v)?);
+        }
+        Ok(evicted)
+    }
+
+    /// Removes an order entry and the pending login it names; whether that login was still there (a taken
+    /// login leaves its order entry behind for this to clear).
+    fn drop_login(&self, order_key: &[u8], entry: &[u8]) -> Result<bool, StoreError> {
+        let had = match entry.get(..32) {
+            Some(login_key) => self.logins.remove(login_key)?.is_some(),
+            None => false,
+        };
+        self.login_order.remove(order_key)?;
+        Ok(had)
     }
 
     /// Removes and returns the pending login under `key`: a second take finds nothing.
@@ -288,14 +328,21 @@ impl SledStore {
         PendingLogin::decode(&bytes).map(Some).map_err(StoreError::CorruptLogin)
     }
 
-    /// Drops the pending logins that are over, and any that do not decode (nothing can redeem them).
-    pub fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
-        let over = |v: &[u8]| PendingLogin::decode(v).map_or(true, |p| p.is_over(now));
-        let keys: Vec<_> = self.logins.iter().filter_map(Result::ok).filter(|(_, v)| over(v)).map(|(k, _)| k).collect();
-        for k in keys {
-            self.logins.remove(k)?;
+    /// Drops the pending logins whose lifetime is over at `now`, oldest first, and stops at the first that
+    /// is not: logins begin in order with one lifetime, so what follows is not over either. (Were the
+    /// lifetime shortened across a restart, a few would wait for the one before them; the callback refuses
+    /// them as expired meanwhile.) An order entry that does not decode is dropped, login and all.
+    pub fn sweep_logins(&self, now: Timestamp) -> Result<usize, StoreError> {
+        let mut swept = 0;
+        for item in self.login_order.iter() {
+            let (k, v) = item?;
+            let expires = v.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+            if expires.is_some_and(|ms| now < Timestamp::from_millis(ms)) {
+                break;
+            }
+            swept += usize::from(self.drop_login(&k, &v)?);
         }
-        Ok(())
+        Ok(swept)
     }
 
     /// Records a logout token's `jti`; `false` if it was seen before.
@@ -371,15 +418,15 @@ impl Store for SledStore {
         SledStore::flush(self).await
     }
 
-    async fn put_login(&self, key: &LoginKey, login: &PendingLogin) -> Result<(), StoreError> {
-        SledStore::put_login(self, key, login)
+    async fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError> {
+        SledStore::put_login(self, key, login, capacity)
     }
 
     async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
         SledStore::take_login(self, key)
     }
 
-    async fn sweep_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+    async fn sweep_logins(&self, now: Timestamp) -> Result<usize, StoreError> {
         SledStore::sweep_logins(self, now)
     }
 

@@ -46,6 +46,8 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         allowed_origins: Vec::new(),
         metrics_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         upstream_timeout: Duration::from_secs(30),
+        conn_limits: bff_session_server::conn::ConnLimits::default(),
+        max_pending_logins: 100_000,
     }
 }
 
