@@ -65,6 +65,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         upstream_timeout: Duration::from_secs(30),
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
+        max_sessions_per_user: None,
     }
 }
 

@@ -59,6 +59,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         upstream_timeout: Duration::from_secs(30),
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
+        max_sessions_per_user: None,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

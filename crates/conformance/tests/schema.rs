@@ -41,6 +41,7 @@ fn every_event_core_writes_is_in_the_schema_and_no_other() {
         RevocationReason::BackchannelLogout,
         RevocationReason::Superseded,
         RevocationReason::Admin,
+        RevocationReason::SessionLimit,
     ];
     assert_eq!(strings(revoked), reasons.map(|r| r.as_str().to_owned()).to_vec());
     let expired = &transition["allOf"][3]["then"]["properties"]["reason"]["enum"];

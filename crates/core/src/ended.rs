@@ -40,6 +40,8 @@ pub enum RevocationReason {
     Superseded,
     /// An operator ended it.
     Admin,
+    /// Its user signed in once more than the sessions allowed per user, and it was the least recently used.
+    SessionLimit,
 }
 
 impl RevocationReason {
@@ -63,6 +65,7 @@ impl RevocationReason {
             Self::BackchannelLogout => "backchannel_logout",
             Self::Superseded => "superseded",
             Self::Admin => "admin",
+            Self::SessionLimit => "session_limit",
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Commands that end several sessions at once: logout everywhere and back-channel logout.
+//! Commands that end several sessions at once: logout everywhere, back-channel logout, and a sign-in past
+//! the sessions allowed per user.
 //!
 //! Owns which sessions such a command names ([`Lookup`]), which one a back-channel logout token names
 //! (its `sid` before its `sub`) and how old a logout token may be ([`logout_token_is_fresh`]), the reason each session ends with, and what the requesting browser's
@@ -20,6 +21,21 @@ pub const LOGOUT_TOKEN_MAX_AGE: std::time::Duration = std::time::Duration::from_
 /// clock, the one its `exp` and `iat` are written in), allowing `skew`.
 pub fn logout_token_is_fresh(iat: u64, now: u64, skew: std::time::Duration) -> bool {
     iat.saturating_add((LOGOUT_TOKEN_MAX_AGE + skew).as_secs()) >= now
+}
+
+/// The sessions a sign-in pushes out when a user may hold at most `max` at once: of `sessions` (the user's
+/// records, as the user index found them), the active ones other than `new` beyond the `max - 1` most
+/// recently used. The least recently used go first; among equals the older, then the smaller key, so two
+/// shells choose alike. `max` of 0 is read as 1: the new session itself always stays.
+pub fn over_limit(sessions: &[&Session], new: SessionKey, max: usize) -> Vec<SessionKey> {
+    let mut others: Vec<&Session> = sessions.iter().copied().filter(|s| s.is_active() && s.key() != new).collect();
+    let keep = max.max(1) - 1;
+    if others.len() <= keep {
+        return Vec::new();
+    }
+    others.sort_by_key(|s| (s.last_used_at(), s.created_at(), s.key()));
+    others.truncate(others.len() - keep);
+    others.into_iter().map(Session::key).collect()
 }
 
 /// An index of active sessions, and the value to look up in it.
@@ -75,6 +91,11 @@ impl RevokeAll {
     pub fn by_sub(iss: &str, sub: &str) -> Self {
         let lookup = Lookup::Sub { iss: iss.to_owned(), sub: sub.to_owned() };
         Self { lookup, reason: RevocationReason::BackchannelLogout }
+    }
+
+    /// A sign-in past the sessions allowed per user: ends those of its user that [`over_limit`] picks.
+    pub fn over_limit(user: UserId) -> Self {
+        Self::user(user, RevocationReason::SessionLimit)
     }
 
     /// The target of a back-channel logout token. A token with a `sid` ends that provider session only
@@ -191,5 +212,57 @@ mod tests {
         assert!(sub("iss", "sub").matches(&s));
         assert!(!sub("other", "sub").matches(&s));
         assert!(!sub("iss", "other").matches(&s));
+    }
+
+    /// `SessionLimitKeepsTheMostRecent`: a sign-in pushes out exactly enough of the user's other active
+    /// sessions to leave `max - 1` beside it, and none it pushes out was used after one it keeps. Judged on
+    /// the instants the sessions were created and used at, as generated, not on what core reports.
+    #[test]
+    fn session_limit_keeps_the_most_recent() {
+        use proptest::prelude::*;
+
+        use crate::lifecycle;
+        use crate::testing::{grant, identity, sign_in};
+        use crate::{Policy, Timestamp};
+
+        let policy = Policy { touch_interval: std::time::Duration::from_secs(1), ..Policy::hardened() };
+        // Each session: created at `c` seconds, used `u` seconds later (0: never used again), ended or not.
+        let sessions = proptest::collection::vec((0u64..50, 0u64..50, proptest::bool::weighted(0.2)), 0..12);
+        proptest!(|(specs in sessions, max in 0usize..6, new_index in 0usize..12)| {
+            let mut all = Vec::new();
+            let mut last_use = Vec::new();
+            for (i, (created, used, ended)) in specs.iter().enumerate() {
+                let new = sign_in(i as u8 + 1, identity(), grant());
+                let mut s = lifecycle::create(&new, Timestamp::from_millis(created * 1_000), &policy).outcome;
+                let mut at = *created;
+                if *used > 0 {
+                    at = created + 1 + used;
+                    let t = lifecycle::touch(Some(&mut s), Timestamp::from_millis(at * 1_000), &policy);
+                    prop_assert_eq!(t.outcome, Ok(true));
+                }
+                if *ended {
+                    let _ = lifecycle::revoke(Some(&mut s), RevocationReason::Logout, Timestamp::from_millis(at * 1_000), &policy);
+                }
+                last_use.push((s.key(), at * 1_000, !ended));
+                all.push(s);
+            }
+            let new = all.get(new_index).map_or(SessionKey::from_bytes([0xee; 32]), Session::key);
+            let refs: Vec<&Session> = all.iter().collect();
+            let out = over_limit(&refs, new, max);
+            let candidates: Vec<_> = last_use.iter().filter(|(k, _, live)| *live && *k != new).collect();
+            let keep = max.max(1) - 1;
+            prop_assert_eq!(out.len(), candidates.len().saturating_sub(keep));
+            prop_assert!(!out.contains(&new));
+            for (key, used, live) in &last_use {
+                if out.contains(key) {
+                    prop_assert!(*live, "an ended session is not pushed out again");
+                    for (other, other_used, other_live) in &candidates {
+                        if !out.contains(other) && *other_live {
+                            prop_assert!(used <= other_used, "{key:?} pushed out though used after {other:?}");
+                        }
+                    }
+                }
+            }
+        });
     }
 }

@@ -90,6 +90,10 @@ pub struct Common {
     /// Every other route takes at most 64 KiB.
     #[arg(long, env = "BFF_SESSION_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Sessions one user may hold at once; a sign-in past it ends their least recently used session and
+    /// revokes its refresh token. 0: no limit.
+    #[arg(long, env = "BFF_SESSION_MAX_SESSIONS_PER_USER", default_value_t = 50)]
+    pub max_sessions_per_user: usize,
     /// Sign-ins begun and not yet back from the provider, held at most; beyond it the oldest is forgotten.
     #[arg(long, env = "BFF_SESSION_MAX_PENDING_LOGINS", default_value_t = 100_000)]
     pub max_pending_logins: usize,
@@ -212,6 +216,8 @@ pub struct Settings {
     pub conn_limits: crate::conn::ConnLimits,
     /// Pending logins held at most (core's `LoginPolicy::capacity`).
     pub max_pending_logins: usize,
+    /// Sessions one user may hold at once; `None`: no limit.
+    pub max_sessions_per_user: Option<std::num::NonZeroUsize>,
 }
 
 /// An address to listen on, or `off`.
@@ -354,6 +360,7 @@ impl Common {
             metrics_listen: self.metrics_listen.0,
             upstream_timeout: self.upstream_timeout,
             max_pending_logins: self.max_pending_logins,
+            max_sessions_per_user: std::num::NonZeroUsize::new(self.max_sessions_per_user),
             conn_limits: crate::conn::ConnLimits {
                 max_header_bytes: self.max_header_bytes,
                 header_read_timeout: self.header_read_timeout,

@@ -213,6 +213,7 @@ pub async fn start_with_shutdown(
     let clock = clock::Clock::new(settings.test_clock);
     let mut service = Service::new(settings.policy.clone(), clock, store, oidc.clone(), settings.refresh_timeout);
     service.login_policy.capacity = settings.max_pending_logins;
+    service.max_sessions_per_user = settings.max_sessions_per_user;
     if let Some(path) = &settings.audit_log {
         match audit::AuditLog::open(path, &settings.policy) {
             Ok(log) => service.audit = Some(log),

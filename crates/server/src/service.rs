@@ -11,6 +11,7 @@ mod background;
 mod devices;
 mod logins;
 mod refresher;
+mod revocations;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use bff_session_core::lifecycle::{self, AuthRequest, Authenticated, NewSession, Transition};
 use bff_session_core::{
     CreateError, Durability, Effect, LoginPolicy, Policy, Refusal, RevocationReason, RevokeAll, Session, SessionId,
-    SessionKey, State, Timestamp,
+    SessionKey, State, Timestamp, UserId, revoke_all,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -90,6 +91,8 @@ const MAX_ATTEMPTS: usize = 8;
 pub struct Service {
     pub policy: Policy,
     pub login_policy: LoginPolicy,
+    /// Sessions one user may hold at once (`--max-sessions-per-user`); `None`: no limit.
+    pub max_sessions_per_user: Option<std::num::NonZeroUsize>,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
@@ -101,7 +104,7 @@ pub struct Service {
     refresh_timeout: Duration,
     /// Set when the server stops; the background tasks end on it.
     stopping: watch::Sender<bool>,
-    revocations: background::RevocationQueue,
+    revocations: revocations::RevocationQueue,
 }
 
 impl fmt::Debug for Service {
@@ -141,6 +144,7 @@ impl Service {
         Self {
             policy,
             login_policy: LoginPolicy::default(),
+            max_sessions_per_user: None,
             clock,
             store,
             metrics: Metrics::default(),
@@ -149,7 +153,7 @@ impl Service {
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
             stopping: watch::channel(false).0,
-            revocations: background::RevocationQueue::new(),
+            revocations: revocations::RevocationQueue::default(),
         }
     }
 
@@ -188,7 +192,8 @@ impl Service {
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
-            self.carry_out(&t.effects, flush).await?;
+            let user = current.as_ref().or(previous.as_deref()).map(Session::user);
+            self.carry_out(&t.effects, flush, user).await?;
             let deleted = t.effects.iter().any(|e| matches!(e, Effect::Delete { .. }));
             let session = if deleted { None } else { current.map(Arc::new) };
             return Ok(Applied { outcome: t.outcome, effects: t.effects, session, now });
@@ -234,13 +239,14 @@ impl Service {
     }
 
     /// The effects that are not the store's or the HTTP layer's: durability and revocation at the provider.
-    async fn carry_out(&self, effects: &[Effect], flush: bool) -> Result<(), ServiceError> {
+    /// `user` is whose record the effects came from, so the revocation queue can keep users' turns.
+    async fn carry_out(&self, effects: &[Effect], flush: bool, user: Option<&UserId>) -> Result<(), ServiceError> {
         if flush && effects.iter().any(|e| matches!(e, Effect::Persist { durability: Durability::Durable, .. })) {
             self.store.flush().await?;
         }
         for effect in effects {
             if let Effect::RevokeAtProvider { token } = effect {
-                self.revocations.push(token.clone(), &self.metrics);
+                self.revocations.push(user, token.clone(), &self.metrics);
             }
         }
         Ok(())
@@ -273,11 +279,14 @@ impl Service {
             Err(StoreError::Conflict) => return Ok(duplicate(now)),
             Err(e) => return Err(e.into()),
         }
-        self.carry_out(&t.effects, true).await?;
+        self.carry_out(&t.effects, true, Some(&new.user)).await?;
         let provider = if t.outcome.oidc().is_some() { "oidc" } else { "local" };
         self.metrics.inc("bff_sessions_created_total", "provider", provider);
         info!(session = %key, "session created");
         effects.extend(t.effects);
+        if let Some(max) = self.max_sessions_per_user {
+            effects.extend(self.end_over_limit(new.user.clone(), key, max.get()).await?);
+        }
         Ok(Applied { outcome: Ok(key), effects, session: Some(Arc::new(t.outcome)), now })
     }
 
@@ -347,6 +356,36 @@ impl Service {
     }
 
     /// Ends every active session a plan's lookup names, in core's order; the outcome lists those it ended.
+    /// Ends, durably, the sessions core's `over_limit` says the new session `key` pushes out of its user's
+    /// allowance; returns their effects (the refresh tokens to revoke among them). It runs after the new
+    /// session is stored, so a failure here never costs the user the sign-in that caused it.
+    async fn end_over_limit(
+        self: &Arc<Self>,
+        user: UserId,
+        key: SessionKey,
+        max: usize,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let plan = RevokeAll::over_limit(user);
+        let mut sessions = Vec::new();
+        for other in plan.order(self.store.keys(&plan.lookup).await?) {
+            match self.store.get(&other).await {
+                Ok(Some(s)) => sessions.push(s),
+                Ok(None) | Err(StoreError::Corrupt { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let records: Vec<&Session> = sessions.iter().map(|s| &**s).collect();
+        let mut effects = Vec::new();
+        for other in revoke_all::over_limit(&records, key, max) {
+            let ended = self.apply(other, |s, now, p| plan.revoke(s, now, p)).await?;
+            if ended.outcome.is_ok() {
+                info!(session = %other, "session ended: its user signed in past the sessions allowed per user");
+            }
+            effects.extend(ended.effects);
+        }
+        Ok(effects)
+    }
+
     pub async fn revoke_all(self: &Arc<Self>, plan: &RevokeAll) -> Result<Applied<Vec<SessionKey>>, ServiceError> {
         let keys = plan.order(self.store.keys(&plan.lookup).await?);
         let mut visits = Vec::with_capacity(keys.len());

@@ -9,7 +9,7 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 
-use bff_session_core::SessionId;
+use bff_session_core::{RevocationReason, SessionId};
 use reqwest::{Method, StatusCode};
 use support::{Browser, Resp, Server};
 
@@ -642,6 +642,7 @@ async fn slow_clients_and_floods_are_bounded() {
     let server = Server::start_with(|s| {
         s.conn_limits.header_read_timeout = Duration::from_secs(1);
         s.max_pending_logins = 2;
+        s.max_sessions_per_user = std::num::NonZeroUsize::new(2);
     })
     .await;
     let addr = server.base.trim_start_matches("http://").to_owned();
@@ -703,6 +704,40 @@ async fn slow_clients_and_floods_are_bounded() {
     let r = newest.login("newest").await;
     assert_eq!(r.status, reqwest::StatusCode::FOUND, "the newest sign-in completes: {}", r.body);
 
+    // One user signing in on a third device, past --max-sessions-per-user of 2: the least recently used
+    // session ends, durably, and its refresh token is revoked at the provider; the other two stay.
+    let mut devices = Vec::new();
+    for _ in 0..3 {
+        let mut device = server.browser();
+        let r = device.login("many-devices").await;
+        assert_eq!(r.status, reqwest::StatusCode::FOUND, "{}", r.body);
+        devices.push(device);
+    }
+    let store = &server.running.as_ref().unwrap().app.service.store;
+    let first = SessionId::decode(&devices[0].session_cookie().unwrap()).unwrap().key();
+    let record = store.get(&first).await.unwrap().unwrap();
+    assert!(
+        matches!(record.state(), bff_session_core::State::Revoked { reason: RevocationReason::SessionLimit, .. }),
+        "the least recently used session is ended in the store: {:?}",
+        record.state()
+    );
+    let sid = record.oidc().and_then(|o| o.sid.clone()).unwrap();
+    let r = devices[0].get("/auth/session").await;
+    assert_eq!((r.status, r.error().as_str()), (reqwest::StatusCode::UNAUTHORIZED, "session_revoked"), "{}", r.body);
+    cases += 1;
+    let mut revoked = false;
+    for _ in 0..50 {
+        if server.idp().grant_active(&sid) == Some(false) {
+            revoked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(revoked, "the pushed-out session's refresh token is revoked at the provider");
+    for device in &mut devices[1..] {
+        assert_eq!(device.get("/auth/session").await.status, reqwest::StatusCode::OK, "the two newest stay");
+    }
+
     // Every case above, counted.
-    assert_eq!(cases, 3);
+    assert_eq!(cases, 4);
 }

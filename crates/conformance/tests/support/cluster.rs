@@ -135,6 +135,7 @@ pub fn replica_settings(
         upstream_timeout: Duration::from_secs(30),
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
+        max_sessions_per_user: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn reason() -> impl Strategy<Value = RevocationReason> {
         Just(RevocationReason::RevokedFromDevice),
         Just(RevocationReason::Superseded),
         Just(RevocationReason::Admin),
+        Just(RevocationReason::SessionLimit),
         Just(RevocationReason::BackchannelLogout),
         Just(RevocationReason::RefreshRejected),
     ]

@@ -1,49 +1,22 @@
 //! The background: the pass over due records, the refreshes it starts, and the revocation worker.
 //!
 //! Owns the timing (a jittered interval, a test clock that hands the pass to a harness), claiming and
-//! releasing due keys, bounded concurrency for refreshes and for provider revocations. What to do with each
+//! releasing due keys, bounded concurrency for refreshes; the revocation worker is `revocations`'. What to do with each
 //! due record is core's `background::visit`; this module never looks at a deadline.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bff_session_core::{Secret, TickReport, Trigger, background};
-use tokio::sync::{Semaphore, mpsc};
+use bff_session_core::{TickReport, Trigger, background};
+use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{Applied, Service, ServiceError};
-use crate::metrics::Metrics;
 
 /// Due records one pass visits, at most; the rest wait for the next pass.
 const PASS_LIMIT: usize = 10_000;
-/// Revocations waiting for the provider, at most; beyond that they are dropped and counted.
-const REVOCATION_QUEUE: usize = 10_000;
 /// How long past its token's `exp` a `jti` is kept: longer than any clock skew a token is accepted with.
 const JTI_GRACE_SECS: u64 = 600;
-/// Revocation calls in flight at once.
-const REVOCATION_CONCURRENCY: usize = 4;
-
-/// Refresh tokens to revoke at the provider, drained by one worker with bounded concurrency, so a mass
-/// expiry never turns into a burst of provider calls.
-pub(super) struct RevocationQueue {
-    tx: mpsc::Sender<Secret>,
-    rx: Mutex<Option<mpsc::Receiver<Secret>>>,
-}
-
-impl RevocationQueue {
-    pub(super) fn new() -> Self {
-        let (tx, rx) = mpsc::channel(REVOCATION_QUEUE);
-        Self { tx, rx: Mutex::new(Some(rx)) }
-    }
-
-    pub(super) fn push(&self, token: Secret, metrics: &Metrics) {
-        if self.tx.try_send(token).is_err() {
-            metrics.inc("bff_provider_revocations_total", "outcome", "dropped");
-            warn!("revocation queue full; a refresh token is left to expire at the provider");
-        }
-    }
-}
-
 impl Service {
     /// One sweep over the records whose scheduled event has come, each read once and judged by core
     /// (`background::visit`): tombstones past retention and unreadable records are deleted, sessions past a
@@ -107,48 +80,7 @@ impl Service {
     /// Runs the background pass (refresher and sweeper) and the revocation worker until
     /// [`Service::stop_background`].
     pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![self.every("background", |s| async move { s.tick(8).await })];
-        let queue = self.revocations.rx.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(queue) = queue {
-            tasks.push(self.revoke_worker(queue));
-        }
-        tasks
-    }
-
-    /// Revokes queued refresh tokens at the provider, a few at a time, until the service stops (then drains).
-    fn revoke_worker(self: &Arc<Self>, mut queue: mpsc::Receiver<Secret>) -> tokio::task::JoinHandle<()> {
-        let service = self.clone();
-        let mut stop = self.stopping.subscribe();
-        tokio::spawn(async move {
-            let limit = Arc::new(Semaphore::new(REVOCATION_CONCURRENCY));
-            loop {
-                let next = tokio::select! {
-                    t = queue.recv() => Some(t),
-                    _ = stop.wait_for(|s| *s) => None,
-                };
-                let token = match next {
-                    Some(t) => t,
-                    // Stopping: take no more, but finish what was queued.
-                    None => {
-                        queue.close();
-                        queue.recv().await
-                    }
-                };
-                let Some(token) = token else { return };
-                let Ok(permit) = limit.clone().acquire_owned().await else { return };
-                let s = service.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match s.provider.revoke(&token).await {
-                        Ok(()) => s.metrics.inc("bff_provider_revocations_total", "outcome", "ok"),
-                        Err(e) => {
-                            s.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
-                            warn!(error = %e, "refresh token revocation at the provider failed");
-                        }
-                    }
-                });
-            }
-        })
+        vec![self.every("background", |s| async move { s.tick(8).await }), self.revoke_worker()]
     }
 
     fn every<F, Fut>(self: &Arc<Self>, what: &'static str, pass: F) -> tokio::task::JoinHandle<()>

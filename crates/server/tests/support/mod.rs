@@ -48,6 +48,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         upstream_timeout: Duration::from_secs(30),
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
+        max_sessions_per_user: None,
     }
 }
 
