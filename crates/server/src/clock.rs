@@ -33,6 +33,11 @@ impl Clock {
         Self { test_mode, offset_ms: AtomicI64::new(0), frozen_ms: AtomicI64::new(RUNNING) }
     }
 
+    /// A clock that always reads `at` and that nothing can move (no test routes): for the in-process fuzzer.
+    pub fn fixed(at: Timestamp) -> Self {
+        Self { test_mode: false, offset_ms: AtomicI64::new(0), frozen_ms: AtomicI64::new(to_i64(at).max(0)) }
+    }
+
     pub fn is_test(&self) -> bool {
         self.test_mode
     }

@@ -158,17 +158,45 @@ pub struct RpConfig {
 
 impl Oidc {
     pub async fn discover(cfg: &RpConfig) -> Result<Self, OidcError> {
-        let http = openidconnect::reqwest::ClientBuilder::new()
-            .redirect(openidconnect::reqwest::redirect::Policy::none())
-            .timeout(cfg.timeout)
-            .build()
-            .map_err(|e| OidcError::Setup(e.to_string()))?;
+        let http = Self::http_client(cfg)?;
         let issuer = IssuerUrl::new(cfg.issuer.clone()).map_err(|e| OidcError::Setup(format!("issuer: {e}")))?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &http)
             .await
             .map_err(|e| OidcError::Setup(format!("discovery of {}: {e}", cfg.issuer)))?;
         let extra: ExtraMetadata = get_json(&http, &format!("{}/.well-known/openid-configuration", cfg.issuer)).await?;
         let jwks: JwkSet = get_json(&http, &extra.jwks_uri).await?;
+        Self::assemble(cfg, http, metadata, extra, jwks)
+    }
+
+    /// The relying party from a discovery document and a JWKS already in hand, with no request made: for the
+    /// in-process fuzzer, where no provider runs. The provider's endpoints are still called when needed.
+    pub fn from_documents(cfg: &RpConfig, discovery: &str, jwks: &str) -> Result<Self, OidcError> {
+        let setup = |what: &str, e: serde_json::Error| OidcError::Setup(format!("{what}: {e}"));
+        let metadata: CoreProviderMetadata =
+            serde_json::from_str(discovery).map_err(|e| setup("discovery document", e))?;
+        if metadata.issuer().as_str() != cfg.issuer {
+            return Err(OidcError::Setup(format!("discovery document names issuer {}", metadata.issuer().as_str())));
+        }
+        let extra: ExtraMetadata = serde_json::from_str(discovery).map_err(|e| setup("discovery document", e))?;
+        let jwks: JwkSet = serde_json::from_str(jwks).map_err(|e| setup("JWKS", e))?;
+        Self::assemble(cfg, Self::http_client(cfg)?, metadata, extra, jwks)
+    }
+
+    fn http_client(cfg: &RpConfig) -> Result<openidconnect::reqwest::Client, OidcError> {
+        openidconnect::reqwest::ClientBuilder::new()
+            .redirect(openidconnect::reqwest::redirect::Policy::none())
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| OidcError::Setup(e.to_string()))
+    }
+
+    fn assemble(
+        cfg: &RpConfig,
+        http: openidconnect::reqwest::Client,
+        metadata: CoreProviderMetadata,
+        extra: ExtraMetadata,
+        jwks: JwkSet,
+    ) -> Result<Self, OidcError> {
         let redirect =
             RedirectUrl::new(cfg.redirect_uri.clone()).map_err(|e| OidcError::Setup(format!("redirect uri: {e}")))?;
         let client = CoreClient::from_provider_metadata(

@@ -121,6 +121,17 @@ trait Backend: 'static {
 
 struct Sled;
 struct Postgres;
+struct Memory;
+
+impl Backend for Memory {
+    fn open(
+        _test: &str,
+        policy: &Policy,
+        _rt: &tokio::runtime::Runtime,
+    ) -> Option<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
+        Some((Arc::new(store::MemoryStore::new(policy.clone())), None))
+    }
+}
 
 impl Backend for Sled {
     fn open(
@@ -232,6 +243,10 @@ prop_state_machine! {
     /// sled agrees with the model and the registry under the hardened `default` preset.
     #[test]
     fn sled_store_agrees_with_model_under_default(sequential 1..48 => AgainstModel<Hardened, Sled>);
+
+    /// The in-memory store (the in-process fuzzer's) agrees with the model and the registry.
+    #[test]
+    fn memory_store_agrees_with_model_under_tiny_policy(sequential 1..48 => AgainstModel<Tiny, Memory>);
 }
 
 prop_state_machine! {
@@ -391,6 +406,14 @@ proptest::proptest! {
     fn sled_pending_logins_agree_with_core(steps in login_steps()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (store, _dir) = Sled::open("logins", &Policy::hardened(), &rt).unwrap();
+        logins_agree_with_core(store, &rt, &steps);
+    }
+
+    /// The in-memory store bounds and sweeps pending logins as core's table does.
+    #[test]
+    fn memory_pending_logins_agree_with_core(steps in login_steps()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (store, _) = Memory::open("logins", &Policy::hardened(), &rt).unwrap();
         logins_agree_with_core(store, &rt, &steps);
     }
 

@@ -5,6 +5,7 @@
 //! user, `(iss, sid)` and `(iss, sub)`, the schedule of due records, pending logins and seen logout-token
 //! IDs. It never decides anything about a session: the transitions come from core.
 
+mod memory;
 mod postgres;
 mod sled;
 
@@ -18,6 +19,7 @@ use bff_session_core::login::LoginDecodeError;
 use bff_session_core::record::DecodeError;
 use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
 
+pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 use crate::seal::TokenSealer;
