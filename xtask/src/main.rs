@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod conformance;
+mod soak;
 
 use conformance::conformance;
 
@@ -39,6 +40,8 @@ commands:
                      quick bound (also part of `cargo test`), or the deep one with --deep
   constant-time      dudect t-tests of the CSRF check and the session lookup (a benchmark, never a test)
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
+  soak [SECS]        the release binary for SECS seconds (default 600) under sign-ins, API calls, logouts, a
+                     sign-in flood, oversized and slow clients; writes BENCHMARKS.md's soak section
   mutants [--in-diff [BASE]]
                      cargo-mutants over every module of core; with --in-diff only the lines core changed
                      since BASE (default: the merge base with origin/main, else HEAD~1), at most 80 mutants";
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
             run(cargo().args(["run", "--release", "-p", "bff-session-benches", "--bin", "constant_time"]))
         }
         Some("bench") => bench(),
+        Some("soak") => soak::soak(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(600)),
         Some("mutants") => match args.get(1).map(String::as_str) {
             Some("--in-diff") => mutants(Some(args.get(2).map(String::as_str))),
             None => mutants(None),
@@ -359,8 +363,13 @@ fn bench() -> Result<(), String> {
     }
     let load: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("loadtest printed no JSON: {e}"))?;
-    let report = benchmarks_md(&rows, &load);
     let path = root().join("BENCHMARKS.md");
+    let mut report = benchmarks_md(&rows, &load);
+    // The soak's figures come from `cargo xtask soak`, a run of their own: keep them.
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    if let Some(section) = soak::section_of(&old) {
+        report = soak::with_section(&report, section);
+    }
     fs::write(&path, &report).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     print!("{report}");
     Ok(())
@@ -378,7 +387,7 @@ fn ensure_wrk() -> Result<(), String> {
     )
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
