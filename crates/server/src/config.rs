@@ -480,6 +480,24 @@ mod tests {
         Cli::try_parse_from(args).map_err(|e| err("args", e.to_string()))?.command.settings()
     }
 
+    /// The flood and connection limits have defaults, take their flags, and refuse values that would lock
+    /// everyone out.
+    #[test]
+    fn flood_and_connection_limits_default_and_refuse_what_locks_everyone_out() {
+        let s = serve(&[]).unwrap();
+        assert_eq!(s.max_pending_logins, 100_000);
+        assert_eq!(s.max_sessions_per_user.map(std::num::NonZeroUsize::get), Some(50));
+        assert_eq!(s.conn_limits, crate::conn::ConnLimits::default());
+        let s = serve(&["--max-sessions-per-user", "0", "--max-header-bytes", "8192", "--header-read-timeout", "3s"])
+            .unwrap();
+        assert_eq!(s.max_sessions_per_user, None, "0 turns the limit off");
+        assert_eq!(s.conn_limits.max_header_bytes, 8192);
+        assert_eq!(s.conn_limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(serve(&["--max-pending-logins", "0"]).unwrap_err().setting, "--max-pending-logins");
+        assert_eq!(serve(&["--max-header-bytes", "100"]).unwrap_err().setting, "--max-header-bytes");
+        assert_eq!(serve(&["--header-read-timeout", "0"]).unwrap_err().setting, "--header-read-timeout");
+    }
+
     #[test]
     fn the_test_clock_is_refused_off_loopback() {
         let e = serve(&["--test-clock", "--listen", "0.0.0.0:8080", "--insecure-http"]).unwrap_err();

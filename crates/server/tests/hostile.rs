@@ -127,6 +127,15 @@ async fn misbehaving_upstream(listener: tokio::net::TcpListener) {
                         }
                     }
                 }
+                "/leaky" => {
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/html\r\n\
+                              set-cookie: bff-session=planted\r\naccess-control-allow-origin: *\r\n\
+                              access-control-allow-credentials: true\r\n\r\n{}",
+                        )
+                        .await;
+                }
                 "/chunked" => {
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n").await;
                     for _ in 0..17 {
@@ -560,6 +569,14 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
     let r = caller.get("/api/chunked").await;
     sweep.expect_gateway("a chunked upstream answer over the cap", r, StatusCode::BAD_GATEWAY, "upstream_too_large");
     assert_eq!(caller.get("/api/small").await.status, StatusCode::OK, "a well-behaved answer passes");
+    // An upstream that tries to plant a cookie and open itself to other origins: the answer arrives without
+    // either, and marked nosniff.
+    let r = caller.get("/api/leaky").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookies().is_empty(), "the upstream's Set-Cookie is dropped: {:?}", r.headers);
+    assert!(!r.headers.keys().any(|k| k.as_str().starts_with("access-control-")), "CORS dropped: {:?}", r.headers);
+    assert_eq!(r.headers.get("x-content-type-options").map(|v| v.to_str().unwrap()), Some("nosniff"));
+    sweep.cases += 1;
 
     // A sign-in flood from one address (read through the trusted proxy) is slowed down; others are not.
     let limited = Server::start_with(|s| {
@@ -627,7 +644,7 @@ async fn attacks_are_refused_exactly_and_change_nothing() {
         sweep.secrets.len()
     );
     // Every case above, counted: a case that silently stops running fails here.
-    assert_eq!(sweep.cases, 77);
+    assert_eq!(sweep.cases, 78);
 }
 
 /// A client that trickles its headers, or keeps a connection open without using it, is cut off at the

@@ -51,6 +51,48 @@ pub struct SledStore {
     decoded: Decoded,
     /// Due keys a pass holds (see [`Store::due`]); in memory, as only this process opens the database.
     claimed: Mutex<HashSet<SessionKey>>,
+    /// Keeps transactions and flushes apart; see [`Gate`].
+    gate: Arc<Gate>,
+    /// The thread that flushes lazy writes every [`FLUSH_EVERY`], in place of sled's own flusher.
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often lazy writes (a touch, a lease) reach the disk when no durable write flushes them sooner; sled's
+/// own default.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// sled 0.34 deadlocks when a transaction starts while a flush is under way: the flush holds sled's global
+/// concurrency-control lock shared while it waits for the log to become stable; the transaction asks for it
+/// exclusively, which (the lock being fair to writers) blocks the log writer that the flush waits for. So
+/// no flush may run while a transaction waits, and none outside this gate: sled's background flusher is off
+/// and a thread of ours flushes through the gate instead. Transactions share the gate; a flush holds it alone.
+#[derive(Default)]
+struct Gate {
+    lock: std::sync::RwLock<()>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn transaction(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.lock.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn flush(&self, db: &Db) -> sled::Result<usize> {
+        let _alone = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        db.flush()
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.gate.stopping.store(true, Ordering::Relaxed);
+        if let Some(flusher) = self.flusher.take() {
+            flusher.thread().unpark();
+            let _ = flusher.join();
+        }
+        // What the last interval wrote; the flusher has stopped, so nothing else flushes now.
+        let _ = self.gate.flush(&self.db);
+    }
 }
 
 impl fmt::Debug for SledStore {
@@ -114,7 +156,22 @@ fn keys_from(tree: &Tree, prefix: &[u8]) -> Result<Vec<SessionKey>, StoreError> 
 impl SledStore {
     /// Opens (or creates) the store. sled's page cache is bounded at `cache_bytes`.
     pub fn open(path: &Path, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+        let gate = Arc::new(Gate::default());
+        let flusher = {
+            let (db, gate) = (db.clone(), gate.clone());
+            std::thread::Builder::new()
+                .name("bff-sled-flusher".into())
+                .spawn(move || {
+                    while !gate.stopping.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                        if let Err(error) = gate.flush(&db) {
+                            tracing::warn!(%error, "periodic flush of lazy writes failed; the next durable write retries");
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::Io(format!("cannot start the flusher thread: {e}")))?
+        };
         let login_order = db.open_tree("login_order")?;
         let next_seq = match login_order.last()? {
             Some((k, _)) => <[u8; 8]>::try_from(&*k).map_or(0, u64::from_be_bytes).saturating_add(1),
@@ -136,6 +193,8 @@ impl SledStore {
             policy,
             decoded: Decoded::default(),
             claimed: Mutex::default(),
+            gate,
+            flusher: Some(flusher),
         })
     }
 
@@ -186,6 +245,7 @@ impl SledStore {
         let old_event = previous.and_then(|p| p.next_event(&self.policy));
         let new_event = new.next_event(&self.policy);
         let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
+        let _gate = self.gate.transaction();
         let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
             let current = sessions.get(key.as_bytes())?.map(|v| version_of(&v));
             if current != expected {
@@ -221,6 +281,7 @@ impl SledStore {
         let entries = index_entries(previous);
         let event = previous.next_event(&self.policy);
         let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
+        let _gate = self.gate.transaction();
         let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
             if sessions.get(key.as_bytes())?.map(|v| version_of(&v)) != expected {
                 return Err(ConflictableTransactionError::Abort(()));
@@ -296,11 +357,13 @@ impl SledStore {
         let seq = self.login_seq.fetch_add(1, Ordering::Relaxed);
         let mut entry = key.as_bytes().to_vec();
         entry.extend_from_slice(&login.expires_at.as_millis().to_be_bytes());
+        let gate = self.gate.transaction();
         let result = (&self.logins, &self.login_order).transaction(|(logins, order)| {
             logins.insert(key.as_bytes().as_slice(), login.encode())?;
             order.insert(seq.to_be_bytes().as_slice(), entry.as_slice())?;
             Ok::<_, ConflictableTransactionError<()>>(())
         });
+        drop(gate);
         map_tx(result)?;
         let Some(bound) = seq.checked_sub(capacity.max(1) as u64) else { return Ok(0) };
         let mut evicted = 0;
@@ -348,6 +411,7 @@ impl SledStore {
     /// Records a logout token's `jti`; `false` if it was seen before.
     pub fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
         let by_exp = jti_exp_key(exp, jti);
+        let _gate = self.gate.transaction();
         let result = (&self.jtis, &self.jtis_by_exp).transaction(|(jtis, by_expiry)| {
             if jtis.get(jti.as_bytes())?.is_some() {
                 return Err(ConflictableTransactionError::Abort(()));
@@ -376,8 +440,13 @@ impl SledStore {
     }
 
     /// Waits until every write so far is on disk.
+    /// Waits until every write so far is durable. The flush runs on a blocking thread: it may wait for the
+    /// transactions under way (see [`Gate`]), and for the disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let (db, gate) = (self.db.clone(), self.gate.clone());
+        tokio::task::spawn_blocking(move || gate.flush(&db))
+            .await
+            .map_err(|e| StoreError::Io(format!("the flush did not finish: {e}")))??;
         Ok(())
     }
 }
