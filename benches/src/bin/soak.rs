@@ -4,8 +4,9 @@
 //! each from an address of their own (sent in `X-Forwarded-For`, which the server trusts from 127.0.0.1).
 //! Meanwhile a sign-in flood comes from one address (which the rate limit stops) and from many (which the
 //! pending-login bound absorbs), oversized bodies and headers arrive, and slow clients trickle their
-//! headers. Prints one JSON object: peak RSS, store size at the start and end, the count of 5xx (which must
-//! be 0), and the latency of the legitimate requests, all made during the flood.
+//! headers. Prints one JSON object: peak RSS, store size at the start and end, the count of 5xx and of
+//! requests left unanswered for 10 s (both must be 0), and the latency of the legitimate requests, all made
+//! during the flood.
 //!
 //! `soak --server PATH [--seconds N]`
 
@@ -30,6 +31,8 @@ struct Counts {
     oversized_refused: AtomicU64,
     slow_cut_off: AtomicU64,
     slow_held: AtomicU64,
+    /// Legitimate or flood requests that got no answer within the client's timeout: a hung server.
+    unanswered: AtomicU64,
 }
 
 impl Counts {
@@ -242,7 +245,12 @@ async fn main() {
         .spawn()
         .expect("the server starts");
     let pid = child.id().unwrap_or(0);
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
+    // A server that hangs shows up as unanswered requests rather than as a soak that never ends.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
     let ready = Instant::now();
     while !http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == StatusCode::OK) {
         assert!(ready.elapsed() < Duration::from_secs(30), "the server did not start");
@@ -304,6 +312,7 @@ async fn main() {
         "seconds": seconds,
         "requests": c(&counts.requests),
         "server_errors": c(&counts.server_errors),
+        "unanswered": c(&counts.unanswered),
         "legit_requests": latencies.len(),
         "legit_p50_us": percentile(&latencies, 0.50),
         "legit_p99_us": percentile(&latencies, 0.99),
@@ -319,8 +328,12 @@ async fn main() {
         "store_end_bytes": store_end,
     });
     println!("{report}");
-    if c(&counts.server_errors) > 0 {
-        eprintln!("soak: {} responses were 5xx", c(&counts.server_errors));
+    if c(&counts.server_errors) > 0 || c(&counts.unanswered) > 0 {
+        eprintln!(
+            "soak: {} responses were 5xx, {} requests got no answer in 10 s",
+            c(&counts.server_errors),
+            c(&counts.unanswered)
+        );
         std::process::exit(1);
     }
 }
