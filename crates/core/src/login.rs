@@ -169,7 +169,7 @@ impl PendingLogin {
 
     /// Whether a sweep may drop it: once its lifetime is over nothing can redeem it, used or not.
     pub fn is_over(&self, now: Timestamp) -> bool {
-        now >= self.expires_at
+        is_over(self.expires_at, now)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -179,6 +179,12 @@ impl PendingLogin {
     pub fn decode(bytes: &[u8]) -> Result<Self, LoginDecodeError> {
         serde_json::from_slice(bytes).map_err(|e| LoginDecodeError(e.to_string()))
     }
+}
+
+/// Whether a login that expires at `expires_at` is over at `now`: for a store that keeps the expiry apart
+/// from the login (an index), so it can sweep without decoding.
+pub fn is_over(expires_at: Timestamp, now: Timestamp) -> bool {
+    now >= expires_at
 }
 
 /// The callback's step: takes the login for good if it is still pending and in time. `None` when the

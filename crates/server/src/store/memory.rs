@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp, login};
 
 use super::{Store, StoreError};
 
@@ -152,7 +152,8 @@ impl Store for MemoryStore {
 
     async fn sweep_logins(&self, now: Timestamp) -> Result<usize, StoreError> {
         let mut t = self.tables();
-        let over: Vec<u64> = t.login_order.iter().take_while(|(_, (_, at))| *at <= now).map(|(s, _)| *s).collect();
+        let over: Vec<u64> =
+            t.login_order.iter().take_while(|(_, (_, at))| login::is_over(*at, now)).map(|(s, _)| *s).collect();
         Ok(over.into_iter().filter(|s| t.drop_login(*s)).count())
     }
 

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use bff_session_core::record;
 use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{login, record};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
@@ -400,7 +400,7 @@ impl SledStore {
         for item in self.login_order.iter() {
             let (k, v) = item?;
             let expires = v.get(32..40).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
-            if expires.is_some_and(|ms| now < Timestamp::from_millis(ms)) {
+            if expires.is_some_and(|ms| !login::is_over(Timestamp::from_millis(ms), now)) {
                 break;
             }
             swept += usize::from(self.drop_login(&k, &v)?);
@@ -441,7 +441,7 @@ impl SledStore {
 
     /// Waits until every write so far is on disk.
     /// Waits until every write so far is durable. The flush runs on a blocking thread: it may wait for the
-    /// transactions under way (see [`Gate`]), and for the disk.
+    /// transactions under way (sled 0.34 deadlocks when the two overlap), and for the disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (db, gate) = (self.db.clone(), self.gate.clone());
         tokio::task::spawn_blocking(move || gate.flush(&db))
