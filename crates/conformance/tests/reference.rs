@@ -60,6 +60,8 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
         max_sessions_per_user: None,
+        max_upstream_answer: 16 << 20,
+        revocation_queue: 10_000,
     };
     let server = rt.block_on(bff_session_server::start(settings)).unwrap();
     Setup { rt, dir, harness, server, audit }

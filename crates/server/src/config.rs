@@ -90,6 +90,14 @@ pub struct Common {
     /// Every other route takes at most 64 KiB.
     #[arg(long, env = "BFF_SESSION_MAX_BODY", default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Largest answer of the API upstream the proxy passes back, in bytes (it is held in memory); a larger one
+    /// gets 502.
+    #[arg(long, env = "BFF_SESSION_MAX_UPSTREAM_ANSWER", default_value_t = 16 << 20)]
+    pub max_upstream_answer: usize,
+    /// Refresh tokens waiting for revocation at the provider, at most; one user may hold a tenth of them.
+    /// Beyond it a token is left to expire at the provider, and counted.
+    #[arg(long, env = "BFF_SESSION_REVOCATION_QUEUE", default_value_t = 10_000)]
+    pub revocation_queue: usize,
     /// Sessions one user may hold at once; a sign-in past it ends their least recently used session and
     /// revokes its refresh token. 0: no limit.
     #[arg(long, env = "BFF_SESSION_MAX_SESSIONS_PER_USER", default_value_t = 50)]
@@ -218,6 +226,10 @@ pub struct Settings {
     pub max_pending_logins: usize,
     /// Sessions one user may hold at once; `None`: no limit.
     pub max_sessions_per_user: Option<std::num::NonZeroUsize>,
+    /// Largest upstream answer the proxy passes back, in bytes.
+    pub max_upstream_answer: usize,
+    /// Places in the revocation queue.
+    pub revocation_queue: usize,
 }
 
 /// An address to listen on, or `off`.
@@ -304,6 +316,9 @@ impl Common {
                 ),
             ));
         }
+        if self.revocation_queue < 10 {
+            return Err(err("--revocation-queue", "must be at least 10, so that each user's tenth is a place"));
+        }
         if self.max_pending_logins == 0 {
             return Err(err("--max-pending-logins", "must be at least 1, or nobody could sign in"));
         }
@@ -361,6 +376,8 @@ impl Common {
             upstream_timeout: self.upstream_timeout,
             max_pending_logins: self.max_pending_logins,
             max_sessions_per_user: std::num::NonZeroUsize::new(self.max_sessions_per_user),
+            max_upstream_answer: self.max_upstream_answer,
+            revocation_queue: self.revocation_queue,
             conn_limits: crate::conn::ConnLimits {
                 max_header_bytes: self.max_header_bytes,
                 header_read_timeout: self.header_read_timeout,
@@ -486,6 +503,7 @@ mod tests {
     fn flood_and_connection_limits_default_and_refuse_what_locks_everyone_out() {
         let s = serve(&[]).unwrap();
         assert_eq!(s.max_pending_logins, 100_000);
+        assert_eq!((s.max_upstream_answer, s.revocation_queue), (16 << 20, 10_000));
         assert_eq!(s.max_sessions_per_user.map(std::num::NonZeroUsize::get), Some(50));
         assert_eq!(s.conn_limits, crate::conn::ConnLimits::default());
         let s = serve(&["--max-sessions-per-user", "0", "--max-header-bytes", "8192", "--header-read-timeout", "3s"])
@@ -494,6 +512,9 @@ mod tests {
         assert_eq!(s.conn_limits.max_header_bytes, 8192);
         assert_eq!(s.conn_limits.header_read_timeout, Duration::from_secs(3));
         assert_eq!(serve(&["--max-pending-logins", "0"]).unwrap_err().setting, "--max-pending-logins");
+        assert_eq!(serve(&["--revocation-queue", "9"]).unwrap_err().setting, "--revocation-queue");
+        let s = serve(&["--max-upstream-answer", "1024", "--revocation-queue", "50"]).unwrap();
+        assert_eq!((s.max_upstream_answer, s.revocation_queue), (1024, 50));
         assert_eq!(serve(&["--max-header-bytes", "100"]).unwrap_err().setting, "--max-header-bytes");
         assert_eq!(serve(&["--header-read-timeout", "0"]).unwrap_err().setting, "--header-read-timeout");
     }

@@ -28,8 +28,6 @@ use crate::service::{Access, Admitted, Service, ServiceError};
 
 /// Largest body of a route other than the proxy: a back-channel logout token, a test-clock command.
 const MAX_AUTH_BODY: usize = 64 << 10;
-/// Largest answer of the API upstream the proxy passes on (it is held in memory).
-const MAX_UPSTREAM_ANSWER: usize = 16 << 20;
 
 /// Everything the handlers need that is not per request.
 pub struct App {
@@ -45,6 +43,8 @@ pub struct App {
     pub demo: bool,
     /// Largest body the proxy forwards (`--max-body`).
     pub max_body: usize,
+    /// Largest upstream answer the proxy passes back (`--max-upstream-answer`).
+    pub max_upstream_answer: usize,
     /// Sign-ins per client address (`--login-rate`); `None`: unlimited.
     pub login_limiter: Option<crate::limit::LoginLimiter>,
     /// Origins besides the public one whose pages may make unsafe requests (`--allowed-origins`).
@@ -425,7 +425,7 @@ impl App {
             proto: self.public_url.split("://").next().unwrap_or("http").to_owned(),
             host: self.public_url.split("://").nth(1).unwrap_or_default().to_owned(),
         };
-        crate::proxy::forward(&self.http, req, target, &token, &forwarding, MAX_UPSTREAM_ANSWER)
+        crate::proxy::forward(&self.http, req, target, &token, &forwarding, self.max_upstream_answer)
             .await
             .map(no_store)
             .map_err(|e| {

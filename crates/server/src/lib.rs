@@ -214,6 +214,7 @@ pub async fn start_with_shutdown(
     let mut service = Service::new(settings.policy.clone(), clock, store, oidc.clone(), settings.refresh_timeout);
     service.login_policy.capacity = settings.max_pending_logins;
     service.max_sessions_per_user = settings.max_sessions_per_user;
+    service.limit_revocations(settings.revocation_queue);
     if let Some(path) = &settings.audit_log {
         match audit::AuditLog::open(path, &settings.policy) {
             Ok(log) => service.audit = Some(log),
@@ -245,6 +246,7 @@ pub async fn start_with_shutdown(
         http: http_client,
         demo: settings.demo,
         max_body: settings.max_body,
+        max_upstream_answer: settings.max_upstream_answer,
         login_limiter: settings.login_limit.map(limit::LoginLimiter::new),
         allowed_origins: settings.allowed_origins.clone(),
     });

@@ -153,8 +153,14 @@ impl Service {
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
             stopping: watch::channel(false).0,
-            revocations: revocations::RevocationQueue::default(),
+            revocations: revocations::RevocationQueue::new(revocations::DEFAULT_CAPACITY),
         }
+    }
+
+    /// Gives the queue of refresh tokens waiting for revocation `capacity` places (`--revocation-queue`);
+    /// before the background starts, as whatever was queued is dropped.
+    pub fn limit_revocations(&mut self, capacity: usize) {
+        self.revocations = revocations::RevocationQueue::new(capacity);
     }
 
     /// Runs `f` on the record under `key`, carries out its effects and retries on concurrent writes.

@@ -2,7 +2,8 @@
 //!
 //! Owns the queue, fair between users, and the worker that drains it with bounded concurrency, so a mass
 //! expiry never turns into a burst of provider calls and one user's mass logout never starves the others:
-//! users take turns, one token each, and no user holds more than [`PER_USER`] places. It never decides
+//! users take turns, one token each, and no user holds more than a tenth of the places (so ten users in a
+//! mass logout at once still leave everyone else a turn). It never decides
 //! which tokens to revoke; core's `RevokeAtProvider` effects do.
 
 use std::collections::{HashMap, VecDeque};
@@ -15,30 +16,29 @@ use tracing::warn;
 use super::Service;
 use crate::metrics::Metrics;
 
-/// Revocations waiting for the provider, at most; beyond that they are dropped and counted.
-const CAPACITY: usize = 10_000;
-/// Places in the queue one user may hold: a tenth of it, so ten users in a mass logout at once still leave
-/// everyone else a turn.
-pub(super) const PER_USER: usize = CAPACITY / 10;
+/// Revocations waiting for the provider, at most, unless `--revocation-queue` says otherwise; beyond that
+/// they are dropped and counted.
+pub const DEFAULT_CAPACITY: usize = 10_000;
 /// Revocation calls in flight at once.
 const CONCURRENCY: usize = 4;
 
 /// Whose turn it is, and what each user has waiting. `None` is a token whose user the shell did not know.
-#[derive(Default)]
 struct Turns {
     waiting: HashMap<Option<UserId>, VecDeque<Secret>>,
     order: VecDeque<Option<UserId>>,
     len: usize,
+    capacity: usize,
+    per_user: usize,
 }
 
 impl Turns {
     /// Queues `token` behind its user's others; `false` when the queue or the user's share is full.
     fn push(&mut self, user: Option<UserId>, token: Secret) -> bool {
-        if self.len >= CAPACITY {
+        if self.len >= self.capacity {
             return false;
         }
         let queued = self.waiting.entry(user.clone()).or_default();
-        if queued.len() >= PER_USER {
+        if queued.len() >= self.per_user {
             return false;
         }
         if queued.is_empty() {
@@ -65,13 +65,24 @@ impl Turns {
 }
 
 /// The queue; see the module docs.
-#[derive(Default)]
 pub(super) struct RevocationQueue {
     turns: Mutex<Turns>,
     ready: Notify,
 }
 
 impl RevocationQueue {
+    /// A queue of `capacity` places, a tenth of them (at least one) for each user.
+    pub(super) fn new(capacity: usize) -> Self {
+        let turns = Turns {
+            waiting: HashMap::new(),
+            order: VecDeque::new(),
+            len: 0,
+            capacity,
+            per_user: (capacity / 10).max(1),
+        };
+        Self { turns: Mutex::new(turns), ready: Notify::new() }
+    }
+
     pub(super) fn push(&self, user: Option<&UserId>, token: Secret, metrics: &Metrics) {
         let queued = self.turns.lock().unwrap_or_else(PoisonError::into_inner).push(user.cloned(), token);
         if queued {
@@ -151,7 +162,8 @@ mod tests {
     /// turns, and the flooding user keeps at most its share.
     #[test]
     fn a_mass_logout_cannot_monopolise_the_queue() {
-        let queue = RevocationQueue::default();
+        let queue = RevocationQueue::new(DEFAULT_CAPACITY);
+        const PER_USER: usize = DEFAULT_CAPACITY / 10;
         let metrics = Metrics::default();
         let (flood, other) = (UserId::new("flood"), UserId::new("other"));
         for n in 0..PER_USER + 50 {
@@ -169,13 +181,13 @@ mod tests {
     /// The whole queue is bounded too, whatever the number of users.
     #[test]
     fn the_queue_holds_at_most_its_capacity() {
-        let queue = RevocationQueue::default();
+        let queue = RevocationQueue::new(DEFAULT_CAPACITY);
         let metrics = Metrics::default();
-        for n in 0..CAPACITY + 7 {
+        for n in 0..DEFAULT_CAPACITY + 7 {
             let user = UserId::new(format!("u{n}"));
             queue.push(Some(&user), token("u", n), &metrics);
         }
         assert_eq!(metrics.get("bff_provider_revocations_total", "outcome", "dropped"), 7);
-        assert_eq!(std::iter::from_fn(|| queue.pop()).count(), CAPACITY);
+        assert_eq!(std::iter::from_fn(|| queue.pop()).count(), DEFAULT_CAPACITY);
     }
 }

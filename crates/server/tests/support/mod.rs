@@ -49,6 +49,8 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         conn_limits: bff_session_server::conn::ConnLimits::default(),
         max_pending_logins: 100_000,
         max_sessions_per_user: None,
+        max_upstream_answer: 16 << 20,
+        revocation_queue: 10_000,
     }
 }
 

@@ -105,6 +105,7 @@ impl Harness {
             http: http_client,
             demo: false,
             max_body: 4096,
+            max_upstream_answer: 1 << 20,
             login_limiter: None,
             allowed_origins: vec!["http://allowed.example".to_owned()],
         });
