@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod conformance;
+mod dist;
 mod soak;
 
 use conformance::conformance;
@@ -40,6 +41,7 @@ commands:
                      quick bound (also part of `cargo test`), or the deep one with --deep
   constant-time      dudect t-tests of the CSRF check and the session lookup (a benchmark, never a test)
   bench              criterion benchmarks and the HTTP/scale load test; writes BENCHMARKS.md
+  dist               the release binary, its man pages and bash/zsh/fish completions into target/dist/
   soak [SECS]        the release binary for SECS seconds (default 600) under sign-ins, API calls, logouts, a
                      sign-in flood, oversized and slow clients; writes BENCHMARKS.md's soak section
   mutants [--in-diff [BASE]]
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
             run(cargo().args(["run", "--release", "-p", "bff-session-benches", "--bin", "constant_time"]))
         }
         Some("bench") => bench(),
+        Some("dist") => dist::dist(),
         Some("soak") => soak::soak(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(600)),
         Some("mutants") => match args.get(1).map(String::as_str) {
             Some("--in-diff") => mutants(Some(args.get(2).map(String::as_str))),

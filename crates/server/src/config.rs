@@ -29,6 +29,50 @@ pub enum Command {
     /// Serve the demo: embedded dev provider at /idp, sled in ./data, a demo page at / and an echo API.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (`bff-session.1` and one per subcommand) into DIR.
+    Man {
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+/// What `completions` and `man` write: the command line as clap describes it, never a server.
+impl Command {
+    /// `Ok(true)` when this was `completions` or `man` and is done; `Ok(false)` for a command that serves.
+    pub fn write_docs(&self, out: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        use clap::CommandFactory as _;
+        match self {
+            Self::Completions { shell } => {
+                // clap_complete panics when its writer fails (a closed pipe); a buffer cannot fail.
+                let mut script = Vec::new();
+                clap_complete::generate(*shell, &mut Cli::command(), "bff-session", &mut script);
+                out.write_all(&script)?;
+                Ok(true)
+            }
+            Self::Man { out_dir } => {
+                std::fs::create_dir_all(out_dir)?;
+                let cli = Cli::command();
+                let mut pages = vec![("bff-session".to_owned(), cli.clone())];
+                for sub in cli.get_subcommands() {
+                    let name = format!("bff-session-{}", sub.get_name());
+                    pages.push((name.clone(), sub.clone().name(name)));
+                }
+                for (name, page) in pages {
+                    let path = out_dir.join(format!("{name}.1"));
+                    let mut file = std::fs::File::create(&path)?;
+                    clap_mangen::Man::new(page).render(&mut file)?;
+                    writeln!(out, "{}", path.display())?;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 /// Settings shared by `serve` and `demo`.
@@ -412,6 +456,9 @@ impl Command {
                 }
                 a.common.settings(provider, scopes, upstream, false)
             }
+            Self::Completions { .. } | Self::Man { .. } => {
+                Err(err("command", "`completions` and `man` write documentation and start no server"))
+            }
             #[cfg(feature = "demo")]
             Self::Demo(a) => {
                 if !a.common.listen.ip().is_loopback() && !a.expose_demo_to_the_network {
@@ -517,6 +564,32 @@ mod tests {
         assert_eq!((s.max_upstream_answer, s.revocation_queue), (1024, 50));
         assert_eq!(serve(&["--max-header-bytes", "100"]).unwrap_err().setting, "--max-header-bytes");
         assert_eq!(serve(&["--header-read-timeout", "0"]).unwrap_err().setting, "--header-read-timeout");
+    }
+
+    /// `completions` prints a script naming every subcommand; `man` writes a page for the binary and one per
+    /// subcommand; neither is a server.
+    #[test]
+    fn completions_and_man_pages_come_from_the_command_line() {
+        let docs = |args: &[&str]| {
+            let mut all = vec!["bff-session"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().command
+        };
+        let mut script = Vec::new();
+        assert!(docs(&["completions", "bash"]).write_docs(&mut script).unwrap());
+        let script = String::from_utf8(script).unwrap();
+        assert!(["serve", "demo", "--max-sessions-per-user"].iter().all(|w| script.contains(w)), "{script}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut listed = Vec::new();
+        let out_dir = dir.path().to_str().unwrap();
+        assert!(docs(&["man", "--out-dir", out_dir]).write_docs(&mut listed).unwrap());
+        let serve = std::fs::read_to_string(dir.path().join("bff-session-serve.1")).unwrap();
+        assert!(serve.contains("max\\-pending\\-logins"), "{serve}");
+        let pages = 1 + <Cli as clap::CommandFactory>::command().get_subcommands().count();
+        assert_eq!(String::from_utf8(listed).unwrap().lines().count(), pages);
+        assert_eq!(docs(&["man"]).settings().unwrap_err().setting, "command");
+        let serve = docs(&["serve", "--issuer", "https://idp.example", "--client-id", "c", "--client-secret", "s"]);
+        assert!(!serve.write_docs(&mut Vec::new()).unwrap(), "serve is not documentation");
     }
 
     #[test]

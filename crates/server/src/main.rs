@@ -1,4 +1,4 @@
-//! `bff-session serve|demo`.
+//! `bff-session serve|demo|completions|man`.
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -12,6 +12,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match cli.command.write_docs(&mut std::io::stdout()) {
+        Ok(true) => return std::process::ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("bff-session: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
