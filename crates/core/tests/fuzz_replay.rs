@@ -35,13 +35,27 @@ fn replay(target: &str) {
     }
 }
 
+/// Fuzz targets over the server's request path, replayed by the server's tests (core's cannot build the
+/// server), with the test that does it.
+const REPLAYED_BY_THE_SERVER: [(&str, &str); 1] = [("request", "crates/server/tests/request_fuzz.rs")];
+
 #[test]
 fn every_fuzz_target_is_replayed() {
     let declared = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
     for (name, _) in TARGETS {
         assert!(declared.contains(&format!("name = \"{name}\"")), "{name} is not a fuzz target");
     }
-    assert_eq!(declared.matches("[[bin]]").count(), TARGETS.len(), "a fuzz target is not replayed here");
+    for (name, test) in REPLAYED_BY_THE_SERVER {
+        assert!(declared.contains(&format!("name = \"{name}\"")), "{name} is not a fuzz target");
+        let test = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(test);
+        let replays = std::fs::read_to_string(&test).unwrap_or_default();
+        assert!(replays.contains("regressions"), "{} does not replay {name}'s kept crashes", test.display());
+    }
+    assert_eq!(
+        declared.matches("[[bin]]").count(),
+        TARGETS.len() + REPLAYED_BY_THE_SERVER.len(),
+        "a fuzz target is replayed nowhere"
+    );
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; without `demo`, `serve` alone is large")]
 pub enum Command {
     /// Serve in front of an external OpenID provider.
     Serve(ServeArgs),
