@@ -758,3 +758,57 @@ async fn slow_clients_and_floods_are_bounded() {
     // Every case above, counted.
     assert_eq!(cases, 4);
 }
+
+/// Careless deployments are refused at start, naming the setting; `/metrics` is not on the public listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careless_deployments_are_refused_at_start() {
+    use bff_session_server::config::Cli;
+    use bff_session_server::seal::KeyFileError;
+    use clap::Parser as _;
+
+    let refused = |args: &[&str]| {
+        let mut all = vec!["bff-session"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().command.settings().unwrap_err().setting
+    };
+    let serve = ["serve", "--issuer", "https://idp.example", "--client-id", "c", "--client-secret", "s"];
+    let mut cases = 0;
+
+    // A movable clock reachable from the network.
+    let args = [&serve[..], &["--test-clock", "--listen", "0.0.0.0:8080", "--insecure-http"]].concat();
+    assert_eq!(refused(&args), "--test-clock");
+    cases += 1;
+    // Cookies that would lose Secure and __Host- on a plain-HTTP public origin.
+    assert_eq!(refused(&[&serve[..], &["--public-url", "http://app.example.com"]].concat()), "--public-url");
+    cases += 1;
+    // The demo's sign-anyone-in provider on a network address.
+    assert_eq!(refused(&["demo", "--listen", "0.0.0.0:8080"]), "--listen");
+    cases += 1;
+
+    // A token key its group may read.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("token.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut settings = support::settings(dir.path(), port, bff_session_core::Policy::hardened());
+    settings.key_file = Some(key.clone());
+    match bff_session_server::start(settings).await {
+        Err(bff_session_server::StartError::TokenKey(KeyFileError::Exposed { mode, .. })) => {
+            assert_eq!(mode & 0o777, 0o640);
+        }
+        other => panic!("a group-readable key file was not refused: {:?}", other.map(|r| r.addr)),
+    }
+    cases += 1;
+
+    // /metrics answers on its own listener only.
+    let server = Server::start().await;
+    let mut b = server.browser();
+    let r = b.get("/metrics").await;
+    assert_eq!((r.status, r.error().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(server.metrics().await.contains("bff_"), "the metrics listener serves them");
+    cases += 1;
+
+    // Every case above, counted.
+    assert_eq!(cases, 5);
+}
