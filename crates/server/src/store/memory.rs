@@ -13,6 +13,9 @@ use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionK
 
 use super::{Store, StoreError};
 
+/// The greatest key, so that `(now, LAST_KEY)` bounds every schedule entry due by `now`, as sled's range does.
+const LAST_KEY: SessionKey = SessionKey::from_bytes([0xff; 32]);
+
 #[derive(Default)]
 struct Tables {
     sessions: HashMap<SessionKey, Arc<Session>>,
@@ -98,7 +101,10 @@ impl Store for MemoryStore {
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
         let mut t = self.tables();
         t.sessions.remove(key);
-        t.schedule.retain(|(at, k)| k != key || *at > now);
+        let due: Vec<_> = t.schedule.range(..=(now, LAST_KEY)).filter(|(_, k)| k == key).copied().collect();
+        for entry in &due {
+            t.schedule.remove(entry);
+        }
         t.claimed.remove(key);
         Ok(())
     }
@@ -110,7 +116,7 @@ impl Store for MemoryStore {
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
         let mut t = self.tables();
-        let candidates: Vec<SessionKey> = t.schedule.iter().take_while(|(at, _)| *at <= now).map(|(_, k)| *k).collect();
+        let candidates: Vec<SessionKey> = t.schedule.range(..=(now, LAST_KEY)).map(|(_, k)| *k).collect();
         let mut keys = Vec::new();
         for key in candidates {
             if keys.len() >= limit {
