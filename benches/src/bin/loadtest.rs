@@ -47,6 +47,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         public_url: Some(format!("http://127.0.0.1:{port}")),
         data_dir: data.to_owned(),
         key_file: None,
+        previous_key_files: Vec::new(),
         policy: Policy::hardened(),
         trusted_proxies: TrustedProxies::none(),
         refresh_timeout: Duration::from_secs(10),

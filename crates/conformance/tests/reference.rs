@@ -37,6 +37,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         public_url: Some(base.clone()),
         data_dir: dir.path().join("data"),
         key_file: None,
+        previous_key_files: Vec::new(),
         policy: Policy::preset(preset).unwrap(),
         trusted_proxies: TrustedProxies::parse("").unwrap(),
         refresh_timeout,

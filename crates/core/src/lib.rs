@@ -24,6 +24,7 @@
 
 pub mod audit;
 pub mod background;
+pub mod census;
 pub mod client_ip;
 pub mod command;
 pub mod cookie;

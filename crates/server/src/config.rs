@@ -30,6 +30,8 @@ pub enum Command {
     /// Serve the demo: embedded dev provider at /idp, sled in ./data, a demo page at / and an echo API.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Operator commands against the store `serve` uses: list, end, count, verify sessions, rotate the key.
+    Admin(crate::admin::AdminArgs),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) to standard output.
     Completions {
         #[arg(value_enum)]
@@ -76,6 +78,49 @@ impl Command {
     }
 }
 
+/// The session policy: a preset and its overrides. Shared by `serve`, `demo` and `admin`, which must agree.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Session policy preset: helix, default or asvs-l2.
+    #[arg(long, env = "BFF_SESSION_POLICY", default_value = "default")]
+    pub policy: String,
+    /// Override the preset's absolute lifetime (e.g. 12h, 7d).
+    #[arg(long, env = "BFF_SESSION_ABSOLUTE_LIFETIME", value_parser = parse_duration)]
+    pub absolute_lifetime: Option<Duration>,
+    /// Override the preset's idle timeout (e.g. 30m); `0` disables it.
+    #[arg(long, env = "BFF_SESSION_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Override how often last use is recorded (e.g. 5m).
+    #[arg(long, env = "BFF_SESSION_TOUCH_INTERVAL", value_parser = parse_duration)]
+    pub touch_interval: Option<Duration>,
+    /// Override how long before expiry a request refreshes the access token (e.g. 1m).
+    #[arg(long, env = "BFF_SESSION_REFRESH_MARGIN", value_parser = parse_duration)]
+    pub refresh_margin: Option<Duration>,
+}
+
+impl PolicyArgs {
+    /// The preset with its overrides, validated.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let mut policy = Policy::preset(&self.policy).ok_or_else(|| {
+            err("--policy", format!("unknown preset {:?}; use one of {}", self.policy, Policy::PRESETS.join(", ")))
+        })?;
+        if let Some(d) = self.absolute_lifetime {
+            policy.absolute_lifetime = d;
+        }
+        if let Some(d) = self.idle_timeout {
+            policy.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(d) = self.touch_interval {
+            policy.touch_interval = d;
+        }
+        if let Some(d) = self.refresh_margin {
+            policy.refresh_margin = d;
+        }
+        policy.validate().map_err(|e| err("--policy and its overrides", e.to_string()))?;
+        Ok(policy)
+    }
+}
+
 /// Settings shared by `serve` and `demo`.
 #[derive(Debug, Args)]
 pub struct Common {
@@ -96,21 +141,12 @@ pub struct Common {
     /// 32-byte key file for encrypting tokens at rest. Default: DATA_DIR/token.key, created (0600) on first start.
     #[arg(long, env = "BFF_SESSION_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// Session policy preset: helix, default or asvs-l2.
-    #[arg(long, env = "BFF_SESSION_POLICY", default_value = "default")]
-    pub policy: String,
-    /// Override the preset's absolute lifetime (e.g. 12h, 7d).
-    #[arg(long, env = "BFF_SESSION_ABSOLUTE_LIFETIME", value_parser = parse_duration)]
-    pub absolute_lifetime: Option<Duration>,
-    /// Override the preset's idle timeout (e.g. 30m); `0` disables it.
-    #[arg(long, env = "BFF_SESSION_IDLE_TIMEOUT", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Override how often last use is recorded (e.g. 5m).
-    #[arg(long, env = "BFF_SESSION_TOUCH_INTERVAL", value_parser = parse_duration)]
-    pub touch_interval: Option<Duration>,
-    /// Override how long before expiry a request refreshes the access token (e.g. 1m).
-    #[arg(long, env = "BFF_SESSION_REFRESH_MARGIN", value_parser = parse_duration)]
-    pub refresh_margin: Option<Duration>,
+    /// Earlier key files, comma-separated: tokens they sealed are still read (and re-sealed under --key-file
+    /// when next written) while `bff-session admin key rotate` re-seals the rest. See deploy/README.md.
+    #[arg(long, env = "BFF_SESSION_PREVIOUS_KEY_FILES", value_delimiter = ',')]
+    pub previous_key_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Comma-separated addresses or CIDRs of reverse proxies whose Forwarded/X-Forwarded-For are believed.
     #[arg(long, env = "BFF_SESSION_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
@@ -241,6 +277,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
     pub key_file: Option<PathBuf>,
+    /// Keys rotated out, still accepted for reading.
+    pub previous_key_files: Vec<PathBuf>,
     pub policy: Policy,
     pub trusted_proxies: TrustedProxies,
     pub refresh_timeout: Duration,
@@ -330,22 +368,7 @@ impl Common {
         upstream: Upstream,
         demo: bool,
     ) -> Result<Settings, ConfigError> {
-        let mut policy = Policy::preset(&self.policy).ok_or_else(|| {
-            err("--policy", format!("unknown preset {:?}; use one of {}", self.policy, Policy::PRESETS.join(", ")))
-        })?;
-        if let Some(d) = self.absolute_lifetime {
-            policy.absolute_lifetime = d;
-        }
-        if let Some(d) = self.idle_timeout {
-            policy.idle_timeout = (!d.is_zero()).then_some(d);
-        }
-        if let Some(d) = self.touch_interval {
-            policy.touch_interval = d;
-        }
-        if let Some(d) = self.refresh_margin {
-            policy.refresh_margin = d;
-        }
-        policy.validate().map_err(|e| err("--policy and its overrides", e.to_string()))?;
+        let policy = self.policy.policy()?;
         if self.refresh_timeout >= policy.refresh_lease {
             return Err(err(
                 "--refresh-timeout",
@@ -403,6 +426,7 @@ impl Common {
             public_url: self.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             data_dir: self.data_dir,
             key_file: self.key_file,
+            previous_key_files: self.previous_key_files,
             policy,
             trusted_proxies,
             refresh_timeout: self.refresh_timeout,
@@ -457,8 +481,8 @@ impl Command {
                 }
                 a.common.settings(provider, scopes, upstream, false)
             }
-            Self::Completions { .. } | Self::Man { .. } => {
-                Err(err("command", "`completions` and `man` write documentation and start no server"))
+            Self::Completions { .. } | Self::Man { .. } | Self::Admin(_) => {
+                Err(err("command", "`admin`, `completions` and `man` start no server"))
             }
             #[cfg(feature = "demo")]
             Self::Demo(a) => {

@@ -5,6 +5,7 @@
 //! `store` and carries out their effects, `oidc` talks to the provider. The `demo` feature (on by default)
 //! adds the embedded dev provider, the demo page and the echo upstream. See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod audit;
 pub mod clock;
 pub mod config;
@@ -142,7 +143,8 @@ pub async fn start_with_shutdown(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| StartError::DataFolder { path: settings.data_dir.clone(), error: e.to_string() })?;
     let key_file = settings.key_file.clone().unwrap_or_else(|| settings.data_dir.join("token.key"));
-    let sealer = seal::TokenSealer::from_file(&key_file, settings.key_file.is_none()).map_err(StartError::TokenKey)?;
+    let sealer = seal::TokenSealer::with_previous(&key_file, settings.key_file.is_none(), &settings.previous_key_files)
+        .map_err(StartError::TokenKey)?;
     let location =
         settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
     let store = store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)

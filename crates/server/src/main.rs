@@ -1,9 +1,9 @@
-//! `bff-session serve|demo|completions|man`.
+//! `bff-session serve|demo|admin|completions|man`.
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use bff_session_server::config::Cli;
+use bff_session_server::config::{Cli, Command};
 
 // glibc's allocator costs about a fifth of the session check's throughput under load (BENCHMARKS.md).
 #[global_allocator]
@@ -19,6 +19,18 @@ async fn main() -> std::process::ExitCode {
             eprintln!("bff-session: {e}");
             return std::process::ExitCode::FAILURE;
         }
+    }
+    if let Command::Admin(args) = cli.command {
+        // The answer goes to standard output; logs go to standard error, quiet unless asked for.
+        let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        return match bff_session_server::admin::run(args, &mut std::io::stdout().lock()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bff-session admin: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if cli.log_json {

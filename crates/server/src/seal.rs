@@ -1,8 +1,9 @@
 //! Encryption of tokens at rest.
 //!
 //! Owns the AEAD key file and the [`Sealer`] that core's record codec calls: XChaCha20-Poly1305 with a
-//! random 192-bit nonce per record, the record's key as associated data. It never sees a record, only
-//! token bytes.
+//! random 192-bit nonce per record, the record's key as associated data. A sealer seals with its current key
+//! and opens with it or with any earlier key it was given, so a key rotation never makes a record unreadable.
+//! It never sees a record, only token bytes.
 
 use std::fmt;
 use std::fs;
@@ -58,20 +59,43 @@ impl fmt::Display for KeyFileError {
 
 impl std::error::Error for KeyFileError {}
 
-/// Seals tokens with a key from a file.
+/// Seals tokens with a key from a file; opens them with that key or an earlier one.
 pub struct TokenSealer {
     cipher: XChaCha20Poly1305,
+    /// Keys rotated out (`--previous-key-file`): still accepted for reading, never for sealing.
+    previous: Vec<XChaCha20Poly1305>,
 }
 
 impl fmt::Debug for TokenSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenSealer(XChaCha20-Poly1305)")
+        write!(f, "TokenSealer(XChaCha20-Poly1305, {} previous keys)", self.previous.len())
     }
 }
 
 impl TokenSealer {
     pub fn from_key(key: [u8; KEY_LEN]) -> Self {
-        Self { cipher: XChaCha20Poly1305::new(&key.into()) }
+        Self { cipher: XChaCha20Poly1305::new(&key.into()), previous: Vec::new() }
+    }
+
+    /// The key at `current` (see [`TokenSealer::from_file`]), also opening what the keys at `previous` sealed.
+    pub fn with_previous(current: &Path, create: bool, previous: &[PathBuf]) -> Result<Self, KeyFileError> {
+        let mut sealer = Self::from_file(current, create)?;
+        for path in previous {
+            sealer = sealer.accepting(Self::from_file(path, false)?);
+        }
+        Ok(sealer)
+    }
+
+    /// Also opens what `earlier` sealed (its current and previous keys), while sealing with this one's key.
+    pub fn accepting(mut self, earlier: Self) -> Self {
+        self.previous.push(earlier.cipher);
+        self.previous.extend(earlier.previous);
+        self
+    }
+
+    /// This sealer without its previous keys: what opens with it was sealed under the current key.
+    pub fn current_only(&self) -> CurrentKey<'_> {
+        CurrentKey(self)
     }
 
     /// Loads the key at `path`, creating it (mode 0600, from the OS random source) if `create` and absent.
@@ -137,12 +161,33 @@ impl Sealer for TokenSealer {
     }
 
     fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
-        if sealed.len() < NONCE_LEN {
-            return Err(SealError);
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: context }).map_err(|_| SealError)
+        std::iter::once(&self.cipher)
+            .chain(&self.previous)
+            .find_map(|c| open_with(c, sealed, context).ok())
+            .ok_or(SealError)
     }
+}
+
+/// A [`TokenSealer`] that opens only what its current key sealed; see [`TokenSealer::current_only`].
+#[derive(Debug)]
+pub struct CurrentKey<'a>(&'a TokenSealer);
+
+impl Sealer for CurrentKey<'_> {
+    fn seal(&self, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
+        self.0.seal(plaintext, context)
+    }
+
+    fn open(&self, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
+        open_with(&self.0.cipher, sealed, context)
+    }
+}
+
+fn open_with(cipher: &XChaCha20Poly1305, sealed: &[u8], context: &[u8]) -> Result<Vec<u8>, SealError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(SealError);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: context }).map_err(|_| SealError)
 }
 
 #[cfg(test)]
@@ -158,6 +203,20 @@ mod tests {
         assert_eq!(a.open(&sealed, b"key-b"), Err(SealError));
         assert_eq!(TokenSealer::from_key([2; 32]).open(&sealed, b"key-a"), Err(SealError));
         assert_eq!(a.open(&sealed[..10], b"key-a"), Err(SealError));
+    }
+
+    #[test]
+    fn a_rotated_sealer_opens_old_and_new_but_seals_only_new() {
+        let old = TokenSealer::from_key([1; 32]);
+        let by_old = old.seal(b"t", b"k");
+        let new = TokenSealer::from_key([2; 32]).accepting(TokenSealer::from_key([1; 32]));
+        let by_new = new.seal(b"t", b"k");
+        assert_eq!(new.open(&by_old, b"k"), Ok(b"t".to_vec()));
+        assert_eq!(new.open(&by_new, b"k"), Ok(b"t".to_vec()));
+        assert_eq!(new.current_only().open(&by_old, b"k"), Err(SealError));
+        assert_eq!(new.current_only().open(&by_new, b"k"), Ok(b"t".to_vec()));
+        assert_eq!(old.open(&by_new, b"k"), Err(SealError), "the new key sealed it");
+        assert_eq!(new.open(&by_old, b"other"), Err(SealError));
     }
 
     #[cfg(unix)]

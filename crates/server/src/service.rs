@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 pub use self::logins::Replayed;
 pub use self::refresher::Access;
+pub use self::revocations::Drained;
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::metrics::Metrics;

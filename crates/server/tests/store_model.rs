@@ -146,28 +146,9 @@ impl Backend for Sled {
     }
 }
 
-/// A database of its own for test `name`, created once per process on the PostgreSQL server the tests use
-/// (see `postgres/mod.rs`), so tests running in parallel never share tables.
+/// A fresh database for one test; see `postgres::fresh_database`.
 fn postgres_url(name: &str) -> Option<String> {
-    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let base = postgres::base(&format!("store_model::{name}"))?;
-    let db =
-        format!("bff_t_{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>())
-            .to_ascii_lowercase();
-    let mut created = CREATED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !created.contains(&db) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            client.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.unwrap();
-            client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
-        });
-        created.push(db.clone());
-    }
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&db);
-    Some(url.to_string())
+    postgres::fresh_database(&format!("store_model::{name}"), name)
 }
 
 impl Backend for Postgres {

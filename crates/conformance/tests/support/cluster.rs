@@ -113,6 +113,7 @@ pub fn replica_settings(
         public_url: Some(public_url.to_owned()),
         data_dir: data.to_owned(),
         key_file: Some(key_file.to_owned()),
+        previous_key_files: Vec::new(),
         policy,
         trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
         refresh_timeout: Duration::from_secs(10),

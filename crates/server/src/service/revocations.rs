@@ -109,7 +109,34 @@ impl RevocationQueue {
     }
 }
 
+/// What [`Service::drain_revocations`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    pub revoked: usize,
+    pub failed: usize,
+}
+
 impl Service {
+    /// Revokes every queued refresh token now, one after another: for a process with no background worker
+    /// (`bff-session admin`), which must not exit with revocations still queued.
+    pub async fn drain_revocations(&self) -> Drained {
+        let mut drained = Drained::default();
+        while let Some(token) = self.revocations.pop() {
+            match self.provider.revoke(&token).await {
+                Ok(()) => {
+                    self.metrics.inc("bff_provider_revocations_total", "outcome", "ok");
+                    drained.revoked += 1;
+                }
+                Err(e) => {
+                    self.metrics.inc("bff_provider_revocations_total", "outcome", "failed");
+                    warn!(error = %e, "refresh token revocation at the provider failed");
+                    drained.failed += 1;
+                }
+            }
+        }
+        drained
+    }
+
     /// Revokes queued refresh tokens at the provider, a few at a time, until the service stops (then drains).
     pub(super) fn revoke_worker(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let service = self.clone();

@@ -5,6 +5,7 @@
 //! user, `(iss, sid)` and `(iss, sub)`, the schedule of due records, pending logins and seen logout-token
 //! IDs. It never decides anything about a session: the transitions come from core.
 
+mod maintenance;
 mod memory;
 mod postgres;
 mod sled;
@@ -19,6 +20,7 @@ use bff_session_core::login::LoginDecodeError;
 use bff_session_core::record::DecodeError;
 use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
 
+pub use self::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
 pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
@@ -161,6 +163,19 @@ pub async fn open(
     policy: Policy,
     cache_bytes: u64,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        Location::Sled(path) => Arc::new(SledStore::open(path, sealer, policy, cache_bytes)?),
+        Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy).await?),
+    })
+}
+
+/// Opens the backend at `location` for `bff-session admin`.
+pub async fn open_for_maintenance(
+    location: &Location,
+    sealer: TokenSealer,
+    policy: Policy,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Maintenance>, StoreError> {
     Ok(match location {
         Location::Sled(path) => Arc::new(SledStore::open(path, sealer, policy, cache_bytes)?),
         Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy).await?),

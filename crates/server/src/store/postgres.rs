@@ -17,6 +17,7 @@ use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionK
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
+use super::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
 use super::{Decoded, Store, StoreError};
 use crate::seal::TokenSealer;
 
@@ -96,6 +97,31 @@ fn key_of(bytes: &[u8]) -> Option<SessionKey> {
 
 fn ms(t: Timestamp) -> i64 {
     i64::try_from(t.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The columns PostgreSQL indexes, derived from a record: what `put` writes and `verify` checks.
+#[derive(Debug, PartialEq, Eq)]
+struct Columns<'a> {
+    active: bool,
+    user: &'a str,
+    iss: Option<&'a str>,
+    sid: Option<&'a str>,
+    sub: Option<&'a str>,
+    next_event: Option<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(s: &'a Session, policy: &Policy) -> Self {
+        let oidc = s.oidc();
+        Columns {
+            active: s.is_active(),
+            user: s.user().as_str(),
+            iss: oidc.map(|o| o.iss.as_str()),
+            sid: oidc.and_then(|o| o.sid.as_deref()),
+            sub: oidc.map(|o| o.sub.as_str()),
+            next_event: s.next_event(policy).map(ms),
+        }
+    }
 }
 
 fn signed(v: u64) -> i64 {
@@ -185,14 +211,8 @@ impl Store for PgStore {
         let client = self.client().await?;
         let key = new.key();
         let record = record::encode(new, &self.sealer);
-        let oidc = new.oidc();
-        let iss = oidc.map(|o| o.iss.as_str());
-        let sid = oidc.and_then(|o| o.sid.as_deref());
-        let sub = oidc.map(|o| o.sub.as_str());
-        let next_event = new.next_event(&self.policy).map(ms);
+        let Columns { active, user, iss, sid, sub, next_event } = Columns::of(new, &self.policy);
         let version = signed(new.version());
-        let active = new.is_active();
-        let user = new.user().as_str();
         let key_bytes = key.as_bytes().as_slice();
         let written = match previous {
             None => client
@@ -359,5 +379,145 @@ impl Store for PgStore {
             .await
             .map_err(io)?;
         Ok(inserted == 1)
+    }
+}
+
+/// Rows a verify reads at once.
+const PAGE: i64 = 1000;
+
+/// Replicas may serve meanwhile: every repair is a compare-and-swap on the row's version.
+#[async_trait]
+impl Maintenance for PgStore {
+    async fn scan(&self, after: Option<SessionKey>, limit: usize) -> Result<Vec<Scanned>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map(|k| k.as_bytes().to_vec()).unwrap_or_default();
+        let rows = client
+            .query(
+                "SELECT key, record FROM bff_sessions WHERE key > $1 ORDER BY key LIMIT $2",
+                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(io)?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let key = key_of(r.get::<_, &[u8]>(0))?;
+                Some(Scanned { key, record: record::decode(r.get::<_, &[u8]>(1), &self.sealer) })
+            })
+            .collect())
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT count(*) FROM bff_sessions", &[]).await.map_err(io)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_total_relation_size('bff_sessions') + pg_total_relation_size('bff_logins')
+                    + pg_total_relation_size('bff_jtis')",
+                &[],
+            )
+            .await
+            .map_err(io)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn verify(&self, repair: bool, progress: Progress<'_>) -> Result<VerifyReport, StoreError> {
+        // The indexes are PostgreSQL's own and cannot stray; what can is the columns they index, which must be
+        // what the record says.
+        let mut report = VerifyReport { repaired: repair, ..VerifyReport::default() };
+        let client = self.client().await?;
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let rows = client
+                .query(
+                    "SELECT key, version, record, active, user_id, iss, sid, sub, next_event FROM bff_sessions
+                     WHERE key > $1 ORDER BY key LIMIT $2",
+                    &[&after, &PAGE],
+                )
+                .await
+                .map_err(io)?;
+            let Some(last) = rows.last() else { break };
+            after = last.get::<_, Vec<u8>>(0);
+            for row in &rows {
+                report.records += 1;
+                progress(report.records);
+                let raw_key: &[u8] = row.get(0);
+                let version: i64 = row.get(1);
+                let key = key_of(raw_key).unwrap_or(SessionKey::from_bytes([0; 32]));
+                let session = match record::decode(row.get::<_, &[u8]>(2), &self.sealer) {
+                    Ok(s) => s,
+                    Err(error) => {
+                        report.undecodable(key, &error);
+                        if repair && !matches!(error, record::DecodeError::Seal(_)) {
+                            client
+                                .execute(
+                                    "DELETE FROM bff_sessions WHERE key = $1 AND version = $2",
+                                    &[&raw_key, &version],
+                                )
+                                .await
+                                .map_err(io)?;
+                        }
+                        continue;
+                    }
+                };
+                let wanted = Columns::of(&session, &self.policy);
+                let stored = Columns {
+                    active: row.get(3),
+                    user: row.get(4),
+                    iss: row.get(5),
+                    sid: row.get(6),
+                    sub: row.get(7),
+                    next_event: row.get(8),
+                };
+                if stored == wanted {
+                    continue;
+                }
+                report.stray_entries += 1;
+                if repair {
+                    let Columns { active, user, iss, sid, sub, next_event } = wanted;
+                    client
+                        .execute(
+                            "UPDATE bff_sessions SET active = $3, user_id = $4, iss = $5, sid = $6, sub = $7,
+                                next_event = $8 WHERE key = $1 AND version = $2",
+                            &[&raw_key, &version, &active, &user, &iss, &sid, &sub, &next_event],
+                        )
+                        .await
+                        .map_err(io)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn reseal(&self, key: &SessionKey) -> Result<Resealed, StoreError> {
+        let client = self.client().await?;
+        let key_bytes = key.as_bytes().as_slice();
+        let Some(row) = client
+            .query_opt("SELECT version, record FROM bff_sessions WHERE key = $1", &[&key_bytes])
+            .await
+            .map_err(io)?
+        else {
+            return Ok(Resealed::Gone);
+        };
+        let version: i64 = row.get(0);
+        let stored: &[u8] = row.get(1);
+        if record::decode(stored, &self.sealer.current_only()).is_ok() {
+            return Ok(Resealed::Current);
+        }
+        let session = record::decode(stored, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?;
+        let resealed = record::encode(&session, &self.sealer);
+        let written = client
+            .execute(
+                "UPDATE bff_sessions SET record = $3 WHERE key = $1 AND version = $2 AND record = $4",
+                &[&key_bytes, &version, &resealed, &stored],
+            )
+            .await
+            .map_err(io)?;
+        if written == 1 { Ok(Resealed::Resealed) } else { Err(StoreError::Conflict) }
     }
 }

@@ -18,6 +18,7 @@ use bff_session_core::{login, record};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
+use super::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
 use super::{Decoded, Store, StoreError};
 use crate::seal::TokenSealer;
 
@@ -509,6 +510,135 @@ impl Store for SledStore {
 
     async fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError> {
         SledStore::sweep_jtis(self, exp)
+    }
+}
+
+/// The operator's tools; they run with the database to themselves (sled lets one process open it).
+#[async_trait]
+impl Maintenance for SledStore {
+    async fn scan(&self, after: Option<SessionKey>, limit: usize) -> Result<Vec<Scanned>, StoreError> {
+        use std::ops::Bound;
+        let start = match &after {
+            Some(key) => Bound::Excluded(key.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self.sessions.range::<Vec<u8>, _>((start, Bound::Unbounded)).take(limit) {
+            let (k, v) = item?;
+            let Ok(bytes) = <[u8; 32]>::try_from(&k[..]) else { continue };
+            let record = record::decode(v.get(8..).unwrap_or_default(), &self.sealer);
+            out.push(Scanned { key: SessionKey::from_bytes(bytes), record });
+        }
+        Ok(out)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        Ok(self.sessions.len() as u64)
+    }
+
+    async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    async fn verify(&self, repair: bool, progress: Progress<'_>) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport { repaired: repair, ..VerifyReport::default() };
+        let index = [&self.by_user, &self.by_sid, &self.by_sub];
+        let mut done = 0;
+        // Every record, and the entries it needs.
+        for item in self.sessions.iter() {
+            let (k, v) = item?;
+            done += 1;
+            progress(done);
+            report.records += 1;
+            let key = <[u8; 32]>::try_from(&k[..]).map(SessionKey::from_bytes);
+            let decoded = record::decode(v.get(8..).unwrap_or_default(), &self.sealer);
+            let (Ok(key), Ok(session)) = (key, &decoded) else {
+                let key = key.unwrap_or(SessionKey::from_bytes([0; 32]));
+                if let Err(error) = &decoded {
+                    report.undecodable(key, error);
+                }
+                if repair && !matches!(decoded, Err(record::DecodeError::Seal(_))) {
+                    self.sessions.remove(&k)?;
+                }
+                continue;
+            };
+            let needed = index_entries(session)
+                .into_iter()
+                .map(|(tree, entry)| (index[tree], entry))
+                .chain(session.next_event(&self.policy).map(|at| (&self.schedule, schedule_key(at, &key))));
+            for (tree, entry) in needed {
+                if !tree.contains_key(&entry)? {
+                    report.missing_entries += 1;
+                    if repair {
+                        tree.insert(entry, &[])?;
+                    }
+                }
+            }
+        }
+        // Every entry, against the record it names.
+        for (tree_number, tree) in index.iter().enumerate() {
+            for item in tree.iter() {
+                let (entry, _) = item?;
+                done += 1;
+                progress(done);
+                let named = entry.len().checked_sub(32).and_then(|at| self.record_of(&entry[at..]).transpose());
+                let describes = match named.transpose()? {
+                    Some(session) => index_entries(&session).iter().any(|(t, e)| *t == tree_number && **e == *entry),
+                    None => false,
+                };
+                if !describes {
+                    report.stray_entries += 1;
+                    if repair {
+                        tree.remove(&entry)?;
+                    }
+                }
+            }
+        }
+        for item in self.schedule.iter() {
+            let (entry, _) = item?;
+            done += 1;
+            progress(done);
+            let describes = match entry.get(8..).map(|k| self.record_of(k)).transpose()?.flatten() {
+                Some(session) => {
+                    session.next_event(&self.policy).map(|at| schedule_key(at, &session.key())) == Some(entry.to_vec())
+                }
+                None => false,
+            };
+            if !describes {
+                report.stray_entries += 1;
+                if repair {
+                    self.schedule.remove(&entry)?;
+                }
+            }
+        }
+        if repair {
+            self.flush().await?;
+        }
+        Ok(report)
+    }
+
+    async fn reseal(&self, key: &SessionKey) -> Result<Resealed, StoreError> {
+        let Some(stored) = self.sessions.get(key.as_bytes())? else { return Ok(Resealed::Gone) };
+        let body = stored.get(8..).unwrap_or_default();
+        if record::decode(body, &self.sealer.current_only()).is_ok() {
+            return Ok(Resealed::Current);
+        }
+        let session = record::decode(body, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?;
+        let mut value = stored.get(..8).unwrap_or_default().to_vec();
+        value.extend_from_slice(&record::encode(&session, &self.sealer));
+        let _gate = self.gate.transaction();
+        match self.sessions.compare_and_swap(key.as_bytes(), Some(stored), Some(value))? {
+            Ok(()) => Ok(Resealed::Resealed),
+            Err(_) => Err(StoreError::Conflict),
+        }
+    }
+}
+
+impl SledStore {
+    /// The record a 32-byte key names, if it is there and decodes.
+    fn record_of(&self, key: &[u8]) -> Result<Option<Session>, StoreError> {
+        let Some(v) = self.sessions.get(key)? else { return Ok(None) };
+        Ok(record::decode(v.get(8..).unwrap_or_default(), &self.sealer).ok())
     }
 }
 

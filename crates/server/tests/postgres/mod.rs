@@ -67,3 +67,36 @@ pub fn base(test: &str) -> Option<String> {
     }
     base
 }
+
+/// A database of its own named after `name`, created (dropped first if left over) once per process on the
+/// server [`base`] finds, so tests running in parallel never share tables; `test` names the caller for the
+/// skip marker.
+pub fn fresh_database(test: &str, name: &str) -> Option<String> {
+    static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let base = base(test)?;
+    let db =
+        format!("bff_t_{}", name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>())
+            .to_ascii_lowercase();
+    let mut created = CREATED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !created.contains(&db) {
+        let base = base.clone();
+        let statements = [format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), format!("CREATE DATABASE {db}")];
+        // On a thread of its own: the caller may be inside a runtime already.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(conn);
+                for statement in &statements {
+                    client.batch_execute(statement).await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
+        created.push(db.clone());
+    }
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&db);
+    Some(url.to_string())
+}

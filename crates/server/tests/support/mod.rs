@@ -30,6 +30,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         public_url: Some(format!("http://127.0.0.1:{port}")),
         data_dir: data.to_owned(),
         key_file: None,
+        previous_key_files: Vec::new(),
         policy,
         trusted_proxies: TrustedProxies::parse("127.0.0.1").unwrap(),
         refresh_timeout: Duration::from_secs(10),
