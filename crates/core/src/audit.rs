@@ -44,6 +44,33 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event's name in the trail (its `event` field).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "created",
+            Self::Touched => "touched",
+            Self::RefreshStarted => "refresh_started",
+            Self::LeaseRenewed => "lease_renewed",
+            Self::RefreshSucceeded { .. } => "refresh_succeeded",
+            Self::RefreshFailed { .. } => "refresh_failed",
+            Self::Expired { .. } => "expired",
+            Self::Revoked { .. } => "revoked",
+        }
+    }
+
+    /// Its reason or error, in the trail's words; empty for an event without one. A fixed vocabulary, so a
+    /// shell may use it as a metric label.
+    pub const fn detail(&self) -> &'static str {
+        match self {
+            Self::RefreshFailed { error } => error.as_str(),
+            Self::Expired { reason } => reason.as_str(),
+            Self::Revoked { reason } => reason.as_str(),
+            _ => "",
+        }
+    }
+}
+
 /// How a refresh failed: the one vocabulary of the provider's answer, shared with `refresh`.
 pub use crate::refresh::RefreshError;
 
@@ -189,6 +216,28 @@ mod tests {
     use crate::lifecycle;
     use crate::refresh::{RefreshResult, Trigger};
     use crate::testing::{grant, identity, sign_in};
+
+    /// `name` and `detail` are the trail's own words, as serde writes them.
+    #[test]
+    fn names_and_details_are_the_serialized_ones() {
+        let events = [
+            Event::Created { access_expires_at: None, refresh_token: false },
+            Event::Touched,
+            Event::RefreshStarted,
+            Event::LeaseRenewed,
+            Event::RefreshSucceeded { access_expires_at: 1 },
+            Event::RefreshFailed { error: RefreshError::InvalidGrant },
+            Event::RefreshFailed { error: RefreshError::Transient },
+            Event::Expired { reason: ExpiryReason::Idle },
+            Event::Revoked { reason: RevocationReason::SessionLimit },
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.name());
+            let detail = json.get("reason").or_else(|| json.get("error")).and_then(|v| v.as_str()).unwrap_or("");
+            assert_eq!(detail, event.detail(), "{json}");
+        }
+    }
 
     /// Each transition names itself, and the events replay: that is what makes a trail checkable.
     #[test]

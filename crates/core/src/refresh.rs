@@ -110,6 +110,16 @@ impl fmt::Display for RefreshError {
 
 impl std::error::Error for RefreshError {}
 
+impl RefreshError {
+    /// The name the audit trail gives it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidGrant => "invalid_grant",
+            Self::Transient => "transient",
+        }
+    }
+}
+
 /// How the call to the token endpoint ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshResult {

@@ -28,9 +28,8 @@ impl AuditLog {
         Ok(log)
     }
 
-    /// Records the change from `before` to `after`, committed at `now`.
-    pub fn record(&self, now: Timestamp, before: Option<&Session>, after: &Session) {
-        let Some(event) = Event::between(before, after) else { return };
+    /// Records `event`, the change (core's [`Event::between`]) that made `after`, committed at `now`.
+    pub fn record(&self, now: Timestamp, after: &Session, event: Event) {
         let line = Line { ts: now.as_millis(), session: after.key().to_string(), version: after.version(), event };
         let written = serde_json::to_string(&line).map_err(io::Error::other).and_then(|l| self.write(&l));
         if let Err(e) = written {

@@ -257,11 +257,13 @@ const OPENAPI: &str = include_str!("../api/openapi.json");
 /// `GET /metrics`, served on its own listener (`--metrics-listen`), never on the public one: the
 /// counters describe every user's traffic.
 pub fn metrics_routes(service: Arc<Service>) -> BoxedFilter<(Response,)> {
-    warp::path!("metrics").and(warp::get()).map(move || text(service.metrics.render())).boxed()
-}
-
-fn text(body: String) -> Response {
-    warp::reply::with_header(body, "content-type", "text/plain; version=0.0.4").into_response()
+    warp::path!("metrics")
+        .and(warp::get())
+        .map(move || {
+            let body = service.render_metrics();
+            warp::reply::with_header(body, "content-type", crate::metrics::CONTENT_TYPE).into_response()
+        })
+        .boxed()
 }
 
 fn no_store(mut r: Response) -> Response {

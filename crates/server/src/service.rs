@@ -18,6 +18,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bff_session_core::audit::Event;
 use bff_session_core::lifecycle::{self, AuthRequest, Authenticated, NewSession, Transition};
 use bff_session_core::{
     CreateError, Durability, Effect, LoginPolicy, Policy, Refusal, RevocationReason, RevokeAll, Session, SessionId,
@@ -142,13 +143,14 @@ impl Service {
         provider: Arc<dyn TokenEndpoint>,
         refresh_timeout: Duration,
     ) -> Self {
+        let metrics = Metrics::default();
         Self {
             policy,
             login_policy: LoginPolicy::default(),
             max_sessions_per_user: None,
             clock,
-            store,
-            metrics: Metrics::default(),
+            store: Arc::new(crate::store::Timed::new(store, metrics.store_times())),
+            metrics,
             audit: None,
             provider,
             inflight: tokio::sync::Mutex::new(HashMap::new()),
@@ -234,8 +236,10 @@ impl Service {
 
     /// The audit trail and the metrics of a committed write.
     fn record(&self, now: Timestamp, previous: Option<&Session>, new: &Session) {
+        let Some(event) = Event::between(previous, new) else { return };
+        self.metrics.transition(&event);
         if let Some(audit) = &self.audit {
-            audit.record(now, previous, new);
+            audit.record(now, new, event);
         }
         if previous.is_some_and(Session::is_active)
             && let Some((metric, reason)) = ended_reason(new)

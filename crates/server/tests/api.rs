@@ -467,6 +467,22 @@ async fn health_metrics_and_unknown_routes() {
     let m = server.metrics().await;
     assert!(m.contains("bff_sessions_created_total{provider=\"oidc\"} 1"), "{m}");
     assert!(m.contains("bff_request_duration_seconds_count{route=\"callback\"} 1"), "{m}");
+    assert!(m.contains("bff_transitions_total{event=\"created\",detail=\"\"} 1"), "{m}");
+    b.unsafe_call(Method::POST, "/auth/logout").await;
+    let m = server.metrics().await;
+    assert!(m.contains("bff_transitions_total{event=\"revoked\",detail=\"logout\"} 1"), "{m}");
+    for op in ["get", "put", "flush", "logins"] {
+        let count = format!("bff_store_operation_duration_seconds_count{{op=\"{op}\"}} ");
+        let n: u64 = m.lines().find_map(|l| l.strip_prefix(&count)).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(n >= 1, "store {op} timed: {m}");
+    }
+    assert!(m.contains("bff_revocation_queue_depth "), "{m}");
+    assert!(m.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    // Labels are `&'static str`s from fixed vocabularies; the user's name is the one thing a client chose here.
+    assert!(!m.contains("alice"), "no label carries a user: {m}");
+    let addr = server.running.as_ref().and_then(|r| r.metrics_addr).unwrap();
+    let r = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    assert_eq!(r.headers()["content-type"], bff_session_server::metrics::CONTENT_TYPE);
     assert_eq!(b.get("/nope").await.error(), "not_found");
     assert_eq!(b.send(Method::PUT, "/auth/session", &[], None).await.status, StatusCode::METHOD_NOT_ALLOWED);
 }

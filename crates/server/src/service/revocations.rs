@@ -93,6 +93,11 @@ impl RevocationQueue {
         }
     }
 
+    /// Tokens waiting.
+    fn len(&self) -> usize {
+        self.turns.lock().unwrap_or_else(PoisonError::into_inner).len
+    }
+
     fn pop(&self) -> Option<Secret> {
         self.turns.lock().unwrap_or_else(PoisonError::into_inner).pop()
     }
@@ -117,6 +122,12 @@ pub struct Drained {
 }
 
 impl Service {
+    /// `/metrics`, with the revocation queue's depth as it is now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.set_revocation_queue(self.revocations.len());
+        self.metrics.render()
+    }
+
     /// Revokes every queued refresh token now, one after another: for a process with no background worker
     /// (`bff-session admin`), which must not exit with revocations still queued.
     pub async fn drain_revocations(&self) -> Drained {

@@ -9,6 +9,7 @@ mod maintenance;
 mod memory;
 mod postgres;
 mod sled;
+mod timed;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +25,7 @@ pub use self::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyRepo
 pub use self::memory::MemoryStore;
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
+pub use self::timed::Timed;
 use crate::seal::TokenSealer;
 
 /// Why a store operation failed.
