@@ -20,6 +20,10 @@ pub struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "BFF_SESSION_LOG_JSON")]
     pub log_json: bool,
+    /// Send OpenTelemetry traces (a span per request, session transitions as its events) to the OTLP/HTTP
+    /// collector at this base URL, e.g. http://127.0.0.1:4318. Off when not given.
+    #[arg(long, global = true, env = "BFF_SESSION_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<url::Url>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -197,6 +197,20 @@ fn rate_limited(app: &App, wait: std::time::Duration) -> Response {
 }
 
 async fn dispatch(app: Arc<App>, req: Req) -> Response {
+    if !crate::telemetry::request_spans() {
+        return answer(app, req).await;
+    }
+    let span = tracing::info_span!(
+        "request",
+        http.request.method = %req.method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    tracing::Instrument::instrument(answer(app, req), span).await
+}
+
+/// The answer to a request, with its route's latency observed (and, in a span, its route and status).
+async fn answer(app: Arc<App>, req: Req) -> Response {
     let started = Instant::now();
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let m = req.method.as_str();
@@ -240,6 +254,9 @@ async fn dispatch(app: Arc<App>, req: Req) -> Response {
     };
     let response = result.unwrap_or_else(|e| app.error_response(e));
     app.service.metrics.observe(route, started.elapsed());
+    let span = tracing::Span::current();
+    span.record("http.route", route);
+    span.record("http.response.status_code", u64::from(response.status().as_u16()));
     response
 }
 

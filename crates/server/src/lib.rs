@@ -21,6 +21,7 @@ pub mod request;
 pub mod seal;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -1,9 +1,9 @@
 //! `bff-session serve|demo|admin|completions|man`.
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 use bff_session_server::config::{Cli, Command};
+use bff_session_server::telemetry::Telemetry;
 
 // glibc's allocator costs about a fifth of the session check's throughput under load (BENCHMARKS.md).
 #[global_allocator]
@@ -20,10 +20,27 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     }
-    if let Command::Admin(args) = cli.command {
-        // The answer goes to standard output; logs go to standard error, quiet unless asked for.
-        let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // An admin command's answer goes to standard output, so its logs go to standard error, quiet unless asked.
+    let admin = matches!(cli.command, Command::Admin(_));
+    let telemetry = match Telemetry::install(
+        if admin { "warn" } else { "info" },
+        cli.log_json,
+        admin,
+        cli.otlp_endpoint.as_ref(),
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bff-session: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let code = run(cli.command).await;
+    telemetry.shutdown();
+    code
+}
+
+async fn run(command: Command) -> std::process::ExitCode {
+    if let Command::Admin(args) = command {
         return match bff_session_server::admin::run(args, &mut std::io::stdout().lock()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -32,13 +49,7 @@ async fn main() -> std::process::ExitCode {
             }
         };
     }
-    let filter = EnvFilter::try_from_env("BFF_SESSION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-    let settings = match cli.command.settings() {
+    let settings = match command.settings() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bff-session: {e}");

@@ -238,6 +238,8 @@ impl Service {
     fn record(&self, now: Timestamp, previous: Option<&Session>, new: &Session) {
         let Some(event) = Event::between(previous, new) else { return };
         self.metrics.transition(&event);
+        // An event of the request's span when traces are on; debug, so logs do not repeat the audit trail.
+        tracing::debug!(event = event.name(), detail = event.detail(), version = new.version(), "transition");
         if let Some(audit) = &self.audit {
             audit.record(now, new, event);
         }
