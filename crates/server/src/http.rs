@@ -242,6 +242,8 @@ async fn answer(app: Arc<App>, req: Req) -> Response {
         ("GET", [""]) if app.demo => ("demo", Ok(crate::demo::page())),
         #[cfg(feature = "demo")]
         (_, ["__echo", ..]) if app.demo => ("echo", Ok(crate::demo::echo(&req))),
+        #[cfg(feature = "demo")]
+        ("GET", ["__demo", "timeline"]) if app.demo => ("demo", app.timeline(&req)),
         (_, ["auth" | "healthz" | "openapi.json", ..]) => (
             "other",
             Err(ApiError::new(
@@ -377,6 +379,20 @@ impl App {
             csrf_proof: req.header(CSRF_HEADER),
         };
         self.service.authenticate_and_touch(&request).await?.outcome.map_err(ApiError::refusal)
+    }
+
+    /// `GET /__demo/timeline`: the transitions of the session the cookie names, whether or not it is still
+    /// active (the demo shows how it ended). Reading it neither authenticates nor touches the session.
+    #[cfg(feature = "demo")]
+    fn timeline(&self, req: &Req) -> Result<Response, ApiError> {
+        let cookie = req.cookie(&self.cookies, Kind::Session)?;
+        let id = match cookie.map(bff_session_core::SessionId::decode) {
+            None => return Err(ApiError::refusal(bff_session_core::Refusal::NoCookie)),
+            Some(Err(e)) => return Err(ApiError::refusal(bff_session_core::Refusal::Malformed(e))),
+            Some(Ok(id)) => id,
+        };
+        let events = self.service.timeline.as_ref().map(|t| t.of(&id.key())).unwrap_or_default();
+        Ok(no_store(json_response(StatusCode::OK, &json!({ "events": events }))))
     }
 
     /// `{"advance_ms": N}` moves the clock by N ms (negative goes back); `{"set_ms": T}` sets it to T and lets

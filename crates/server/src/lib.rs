@@ -218,6 +218,9 @@ pub async fn start_with_shutdown(
     service.login_policy.capacity = settings.max_pending_logins;
     service.max_sessions_per_user = settings.max_sessions_per_user;
     service.limit_revocations(settings.revocation_queue);
+    if settings.demo {
+        service.timeline = Some(service::Timeline::default());
+    }
     if let Some(path) = &settings.audit_log {
         match audit::AuditLog::open(path, &settings.policy) {
             Ok(log) => service.audit = Some(log),

@@ -12,6 +12,7 @@ mod devices;
 mod logins;
 mod refresher;
 mod revocations;
+mod timeline;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 pub use self::logins::Replayed;
 pub use self::refresher::Access;
 pub use self::revocations::Drained;
+pub use self::timeline::{Entry as TimelineEntry, Timeline};
 use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -100,6 +102,8 @@ pub struct Service {
     pub metrics: Metrics,
     /// The trail of committed transitions, when `--audit-log` names a file.
     pub audit: Option<AuditLog>,
+    /// Each session's recent transitions, for the demo page; `None` outside the demo.
+    pub timeline: Option<Timeline>,
     provider: Arc<dyn TokenEndpoint>,
     /// Tickets in flight in this process, so concurrent requests wait for the one refresh.
     inflight: tokio::sync::Mutex<HashMap<SessionKey, watch::Receiver<bool>>>,
@@ -152,6 +156,7 @@ impl Service {
             store: Arc::new(crate::store::Timed::new(store, metrics.store_times())),
             metrics,
             audit: None,
+            timeline: None,
             provider,
             inflight: tokio::sync::Mutex::new(HashMap::new()),
             refresh_timeout,
@@ -240,6 +245,9 @@ impl Service {
         self.metrics.transition(&event);
         // An event of the request's span when traces are on; debug, so logs do not repeat the audit trail.
         tracing::debug!(event = event.name(), detail = event.detail(), version = new.version(), "transition");
+        if let Some(timeline) = &self.timeline {
+            timeline.push(new.key(), timeline::Entry::new(now, &event));
+        }
         if let Some(audit) = &self.audit {
             audit.record(now, new, event);
         }

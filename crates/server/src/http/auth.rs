@@ -41,6 +41,7 @@ struct SessionTimes {
     last_used_at: u64,
     absolute_deadline: u64,
     idle_deadline: Option<u64>,
+    access_token_issued_at: Option<u64>,
     access_token_expires_at: Option<u64>,
 }
 
@@ -159,6 +160,7 @@ impl App {
                 last_used_at: s.last_used_at().as_millis(),
                 absolute_deadline: s.absolute_deadline().as_millis(),
                 idle_deadline: s.idle_deadline(&self.service.policy).map(|t| t.as_millis()),
+                access_token_issued_at: s.tokens().map(|t| t.access_issued_at.as_millis()),
                 access_token_expires_at: s.tokens().map(|t| t.access_expires_at.as_millis()),
             },
             csrf_token: csrf::proof_for(&admitted.id),
