@@ -2,7 +2,7 @@
 //!
 //! Owns the admin command line, opening the store (and, to revoke, the provider) the way `serve` does, and
 //! printing what the commands find. Every decision about a session is core's: a session's standing comes from
-//! `census`, a revocation runs core's transition through the [`Service`], exactly as a user's logout does.
+//! `census`, a revocation runs core's transition through the [`Service`](crate::service::Service), exactly as a user's logout does.
 //! sled lets one process open a database, so against sled these commands run while the server is stopped;
 //! PostgreSQL is shared, and they run beside live replicas.
 
@@ -187,6 +187,7 @@ pub async fn run(args: AdminArgs, out: &mut dyn Write) -> Result<(), AdminError>
 }
 
 const HORIZONS: [(Duration, &str); 2] = [(Duration::from_secs(60), "minute"), (Duration::from_secs(3600), "hour")];
+const HORIZON_LABELS: [&str; 2] = ["due in the next minute", "due in the next hour"];
 
 /// Records read per page of a scan.
 pub(crate) const PAGE: usize = 1000;
@@ -228,15 +229,15 @@ async fn stats(args: &StoreArgs, out: &mut dyn Write) -> Result<(), AdminError> 
         });
         writeln!(out, "{answer}")?;
     } else {
-        writeln!(out, "sessions      {:>10}", census.total() + corrupt)?;
-        writeln!(out, "  active      {:>10}", census.active)?;
-        writeln!(out, "  expired     {:>10}", census.expired)?;
-        writeln!(out, "  revoked     {:>10}", census.revoked)?;
-        writeln!(out, "  undecodable {:>10}", corrupt)?;
-        for ((_, name), (_, n)) in HORIZONS.iter().zip(&census.due_within) {
-            writeln!(out, "due within a {name:<6}{n:>9}")?;
+        writeln!(out, "{:<24}{:>12}", "sessions", census.total() + corrupt)?;
+        writeln!(out, "{:<24}{:>12}", "  active", census.active)?;
+        writeln!(out, "{:<24}{:>12}", "  expired", census.expired)?;
+        writeln!(out, "{:<24}{:>12}", "  revoked", census.revoked)?;
+        writeln!(out, "{:<24}{:>12}", "  undecodable", corrupt)?;
+        for (label, (_, n)) in HORIZON_LABELS.iter().zip(&census.due_within) {
+            writeln!(out, "{label:<24}{n:>12}")?;
         }
-        writeln!(out, "on disk       {:>10} bytes", size)?;
+        writeln!(out, "{:<24}{:>12} bytes", "on disk", size)?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `admin sessions list|revoke`: the sessions in the store, and ending them as an operator.
 //!
-//! A revocation runs core's transition through the [`Service`] (reason `admin`), durably, and revokes the
+//! A revocation runs core's transition through the [`Service`](crate::service::Service) (reason `admin`), durably, and revokes the
 //! refresh tokens at the provider before the command returns. It never edits a record itself.
 
 use std::io::Write;
