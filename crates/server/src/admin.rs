@@ -19,7 +19,7 @@ use bff_session_core::Policy;
 use bff_session_core::census::Census;
 use clap::{Args, Subcommand};
 
-use crate::config::{ConfigError, PolicyArgs};
+use crate::flags::{ConfigError, PolicyArgs};
 use crate::oidc::OidcError;
 use crate::seal::{KeyFileError, TokenSealer};
 use crate::service::ServiceError;

@@ -11,6 +11,9 @@ use bff_session_core::Policy;
 use bff_session_core::client_ip::TrustedProxies;
 use clap::{Args, Parser, Subcommand};
 
+use crate::flags::err;
+pub use crate::flags::{ConfigError, PolicyArgs, parse_duration};
+
 /// The reference Backend-for-Frontend session server.
 #[derive(Debug, Parser)]
 #[command(name = "bff-session", version, about)]
@@ -79,49 +82,6 @@ impl Command {
             }
             _ => Ok(false),
         }
-    }
-}
-
-/// The session policy: a preset and its overrides. Shared by `serve`, `demo` and `admin`, which must agree.
-#[derive(Debug, Args)]
-pub struct PolicyArgs {
-    /// Session policy preset: helix, default or asvs-l2.
-    #[arg(long, env = "BFF_SESSION_POLICY", default_value = "default")]
-    pub policy: String,
-    /// Override the preset's absolute lifetime (e.g. 12h, 7d).
-    #[arg(long, env = "BFF_SESSION_ABSOLUTE_LIFETIME", value_parser = parse_duration)]
-    pub absolute_lifetime: Option<Duration>,
-    /// Override the preset's idle timeout (e.g. 30m); `0` disables it.
-    #[arg(long, env = "BFF_SESSION_IDLE_TIMEOUT", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Override how often last use is recorded (e.g. 5m).
-    #[arg(long, env = "BFF_SESSION_TOUCH_INTERVAL", value_parser = parse_duration)]
-    pub touch_interval: Option<Duration>,
-    /// Override how long before expiry a request refreshes the access token (e.g. 1m).
-    #[arg(long, env = "BFF_SESSION_REFRESH_MARGIN", value_parser = parse_duration)]
-    pub refresh_margin: Option<Duration>,
-}
-
-impl PolicyArgs {
-    /// The preset with its overrides, validated.
-    pub fn policy(&self) -> Result<Policy, ConfigError> {
-        let mut policy = Policy::preset(&self.policy).ok_or_else(|| {
-            err("--policy", format!("unknown preset {:?}; use one of {}", self.policy, Policy::PRESETS.join(", ")))
-        })?;
-        if let Some(d) = self.absolute_lifetime {
-            policy.absolute_lifetime = d;
-        }
-        if let Some(d) = self.idle_timeout {
-            policy.idle_timeout = (!d.is_zero()).then_some(d);
-        }
-        if let Some(d) = self.touch_interval {
-            policy.touch_interval = d;
-        }
-        if let Some(d) = self.refresh_margin {
-            policy.refresh_margin = d;
-        }
-        policy.validate().map_err(|e| err("--policy and its overrides", e.to_string()))?;
-        Ok(policy)
     }
 }
 
@@ -328,40 +288,6 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
         return Ok(Listen(None));
     }
     s.parse().map(|a| Listen(Some(a))).map_err(|e| format!("{s:?} is not an address like 127.0.0.1:9464 or off: {e}"))
-}
-
-/// A setting that cannot be used, with the reason.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub setting: &'static str,
-    pub reason: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "invalid setting {}: {}", self.setting, self.reason)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn err(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { setting, reason: reason.into() }
-}
-
-/// `90`, `90s`, `5m`, `12h`, `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 5m, 12h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{s:?} has an unknown unit (use s, m, h or d)")),
-    };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 impl Common {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod flags;
 pub mod http;
 pub mod limit;
 pub mod metrics;
