@@ -190,16 +190,26 @@ async fn scale(n: u64) -> Value {
     let store = &service.store;
     let shared = &policy;
     let rt = tokio::runtime::Handle::current();
+    // On a terminal only: indicatif hides the bar when standard error is not one.
+    let bar = indicatif::ProgressBar::new(n).with_message(format!("loading {n} sessions"));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} ({eta})") {
+        bar.set_style(style);
+    }
     std::thread::scope(|scope| {
         for part in 0..2u64 {
-            let rt = rt.clone();
+            let (rt, bar) = (rt.clone(), bar.clone());
             scope.spawn(move || {
                 for i in (part..n).step_by(2) {
                     rt.block_on(store.put(None, &lifecycle::create(&new_session(i), now, shared).outcome)).unwrap();
+                    // Each thread takes every other session: 512 of every 1024, counted once per block.
+                    if i % 1024 < 2 {
+                        bar.inc(512);
+                    }
                 }
             });
         }
     });
+    bar.finish_and_clear();
     for i in n..n + 100 {
         store.put(None, &lifecycle::create(&new_session(i), early, &policy).outcome).await.unwrap();
     }
