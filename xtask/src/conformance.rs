@@ -73,7 +73,7 @@ fn reference_launch(preset: &str, dir: &std::path::Path, extra: &str) -> Result<
 
 /// Installs the peers when missing: Apache httpd and mod_auth_openidc (Debian), Node (Debian) and the
 /// express target's packages (npm, from its lock file).
-fn install_peers() -> Result<(), String> {
+pub(crate) fn install_peers() -> Result<(), String> {
     let installed = |pkg: &str| {
         Command::new("dpkg-query")
             .args(["-W", "-f=${Status}", pkg])

@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode};
 
 mod conformance;
 mod dist;
+mod peers;
 mod soak;
 
 use conformance::conformance;
@@ -367,8 +368,14 @@ fn bench() -> Result<(), String> {
     }
     let load: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("loadtest printed no JSON: {e}"))?;
+    let compared = peers::measure(10, 2)?;
+    peers::publish(&compared)?;
     let path = root().join("BENCHMARKS.md");
     let mut report = benchmarks_md(&rows, &load);
+    // The peers come right after the machine line, before the in-process figures.
+    if let Some(at) = report.find("## HTTP, side by side") {
+        report.insert_str(at, &peers::section(&compared));
+    }
     // The soak's figures come from `cargo xtask soak`, a run of their own: keep them.
     let old = fs::read_to_string(&path).unwrap_or_default();
     if let Some(section) = soak::section_of(&old) {

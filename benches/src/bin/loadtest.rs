@@ -13,7 +13,6 @@ use std::path::Path;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bff_session_core::Policy;
@@ -23,7 +22,7 @@ use bff_session_server::config::{Provider, Settings, Upstream};
 use serde_json::{Value, json};
 use warp::Filter;
 
-const SESSION_JSON: &str = r#"{"csrf_token":"JqsiWFXMvOnl-_CIk5ZBHlY6ywxVSZwXulYtItGxzXY","session":{"absolute_deadline":1796331142184,"access_token_expires_at":1795726462184,"created_at":1795726342184,"handle":"WjLkkJ68Gu7cFU_Bg25Rrw","idle_deadline":1795769542184,"last_used_at":1795726342184},"user":{"email":"bench@example.test","name":"Bench","sub":"bench"}}"#;
+use bff_session_benches::{SESSION_JSON, wrk};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -103,38 +102,6 @@ async fn login(base: &str, user: &str) -> (String, String) {
     let header =
         set.iter().filter(|(k, _)| k.contains("bff-")).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
     (header, csrf)
-}
-
-fn duration_ms(s: &str) -> f64 {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-/// One wrk run: requests per second, p50 and p99 latency in ms.
-fn wrk(url: &str, cookie: Option<&str>, secs: u64, connections: u64) -> Value {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency"]);
-    if let Some(c) = cookie {
-        cmd.args(["-H", &format!("Cookie: {c}")]);
-    }
-    let out = cmd.arg(url).output().expect("wrk runs (cargo xtask bench installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pick =
-        |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(str::to_owned));
-    let non2xx = pick("Non-2xx or 3xx responses:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    json!({
-        "rps": pick("Requests/sec:").and_then(|v| v.parse::<f64>().ok()),
-        "p50_ms": pick("50%").map(|v| duration_ms(&v)),
-        "p99_ms": pick("99%").map(|v| duration_ms(&v)),
-        "non_2xx": non2xx,
-    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -28,6 +28,20 @@ enum Command {
     Run(RunArgs),
     /// Give a verdict per invariant for one target and write its report card (JSON).
     Report(ReportArgs),
+    /// Start a target from its profile with the harness's provider, sign one device in, print one JSON line
+    /// (`origin`, `session_path`, `cookie`, `pid`, the process group to measure), and keep it running until
+    /// standard input closes. For load generators: `cargo xtask bench` compares the peers this way.
+    Hold {
+        /// The target's profile (`crates/conformance/targets/NAME/profile.toml`).
+        #[arg(long)]
+        profile: PathBuf,
+        /// Access-token lifetime at the provider, in seconds: long, so that no refresh runs under load.
+        #[arg(long, default_value_t = 3600)]
+        token_ttl: u64,
+        /// Where the target's own output goes.
+        #[arg(long, default_value = "/dev/null")]
+        log: PathBuf,
+    },
     /// Render report cards (JSON) as Markdown.
     Render {
         /// Where the Markdown goes.
@@ -122,7 +136,69 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Report(args) => report_card(args),
         Command::Render { out, command, cards } => render(&out, &command, &cards),
+        Command::Hold { profile, token_ttl, log } => hold(&profile, token_ttl, &log),
     }
+}
+
+fn hold(path: &std::path::Path, token_ttl: u64, log: &std::path::Path) -> ExitCode {
+    let fail = |what: String| {
+        eprintln!("{what}");
+        ExitCode::from(2)
+    };
+    let profile = match Profile::load(path) {
+        Ok(p) => p,
+        Err(e) => return fail(e.to_string()),
+    };
+    let port = match free_port() {
+        Ok(port) => port,
+        Err(e) => return fail(format!("no free port: {e}")),
+    };
+    let target = format!("http://127.0.0.1:{port}");
+    let mut options = match Options::from_profile(&target, profile.clone()) {
+        Ok(o) => o,
+        Err(e) => return fail(e.to_string()),
+    };
+    options.token_ttl = Duration::from_secs(token_ttl);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let harness = match rt.block_on(Harness::start(options.clone())) {
+        Ok(h) => h,
+        Err(e) => return fail(e.to_string()),
+    };
+    let port = port.to_string();
+    let extra = [("BFF_CONFORMANCE_PORT", port.as_str()), ("BFF_CONFORMANCE_ORIGIN", target.as_str())];
+    let cwd = (!profile.dir.as_os_str().is_empty()).then_some(profile.dir.as_path());
+    let output = match std::fs::File::create(log) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot create {}: {e}", log.display())),
+    };
+    let child = match launch_in(&profile.launch, &harness.provider.issuer, &extra, cwd, Some(output)) {
+        Ok(child) => child,
+        Err(e) => return fail(format!("cannot launch {}: {e}", profile.title)),
+    };
+    if !rt.block_on(harness.wait_for_target(Duration::from_secs(120))) {
+        return fail(format!("{} did not start: nothing answers at {target}", profile.title));
+    }
+    let signed_in = rt.block_on(harness.sign_in_one());
+    let cookie = match signed_in {
+        Ok(cookie) => cookie,
+        Err(e) => return fail(format!("cannot sign in to {}: {e}", profile.title)),
+    };
+    let line = serde_json::json!({
+        "title": profile.title,
+        "origin": target,
+        "session_path": options.mapping.session,
+        "cookie": cookie,
+        "pid": child.0.id(),
+        "versions": versions(&profile),
+    });
+    println!("{line}");
+    // Held until whoever started this closes our standard input.
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    drop(child);
+    ExitCode::SUCCESS
 }
 
 fn render(out: &std::path::Path, command: &str, paths: &[PathBuf]) -> ExitCode {

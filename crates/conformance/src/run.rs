@@ -246,6 +246,16 @@ impl Harness {
         false
     }
 
+    /// Signs one device in as `bench-user` and returns its `Cookie` header: for a load generator, which then
+    /// presents it on every request.
+    pub async fn sign_in_one(&self) -> Result<String, String> {
+        let mut target = Target::new(&self.options.target, self.options.mapping.clone(), self.http.clone())
+            .with_profile(&self.options.profile);
+        let login = Step::Login { device: 0, user: 0 };
+        target.perform(&login, &self.provider.idp, "bench-user", 0).await.map_err(|e| e.to_string())?;
+        target.cookie_header_of(0).ok_or_else(|| "the sign-in set no cookie".to_owned())
+    }
+
     /// Executes one sequence; `Err` at the first divergence, which is also kept to report the shrunk one.
     pub async fn execute(&self, steps: &[Step]) -> Result<(), Divergence> {
         let result = self.execute_once(steps).await;

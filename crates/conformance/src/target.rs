@@ -106,6 +106,11 @@ impl Target {
         self.devices.get(usize::from(device)).and_then(|j| j.sid.as_deref())
     }
 
+    /// The `Cookie` header the device sends, values included: for a load generator that replays a session.
+    pub fn cookie_header_of(&self, device: u8) -> Option<String> {
+        self.devices.get(usize::from(device)).and_then(|j| Self::cookie_header(&j.cookies))
+    }
+
     fn jar(&mut self, device: u8) -> &mut Jar {
         let i = usize::from(device).min(self.devices.len() - 1);
         &mut self.devices[i]
