@@ -370,6 +370,9 @@ fn bench() -> Result<(), String> {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("loadtest printed no JSON: {e}"))?;
     let compared = peers::measure(10, 2)?;
     peers::publish(&compared)?;
+    let curve: Vec<serde_json::Value> = load["scale_curve"].as_array().cloned().unwrap_or_default();
+    let scaling = root().join(peers::SCALING_CHART);
+    fs::write(&scaling, peers::scaling_chart(&curve)).map_err(|e| format!("{}: {e}", scaling.display()))?;
     let path = root().join("BENCHMARKS.md");
     let mut report = benchmarks_md(&rows, &load);
     // The peers come right after the machine line, before the in-process figures.
@@ -469,6 +472,10 @@ fn benchmarks_md(criterion: &[(String, f64)], l: &serde_json::Value) -> String {
     md.push_str(&format!("\nPostgreSQL/sled = **{}**.\n\n", f(&st["ratio_postgres_to_sled"], 2)));
     let (s, g) = (&l["scale_small"], &l["scale_large"]);
     md.push_str("## Scale: sessions loaded through the store (OIDC sessions with ~1.8 KB of sealed tokens)\n\n");
+    md.push_str(&format!(
+        "![authenticate p99 and resident memory at 10k, 100k and 1M sessions]({})\n\n",
+        peers::SCALING_CHART
+    ));
     md.push_str("| | 1,000 sessions | 1,000,000 sessions |\n|---|---|---|\n");
     for (name, key, digits, unit) in [
         ("load time", "load_s", 1, " s"),

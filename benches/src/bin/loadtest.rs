@@ -306,7 +306,13 @@ async fn main() {
     running.stop().await;
 
     let small = scale(1_000).await;
+    // The scaling curve's middle points; the last is the large run itself.
+    let mut curve = Vec::new();
+    for n in [10_000, 100_000].into_iter().filter(|n| *n < big) {
+        curve.push(scale(n).await);
+    }
     let large = scale(big).await;
+    curve.push(large.clone());
     let ratio = |x: &Value, y: &Value| x["rps"].as_f64().zip(y["rps"].as_f64()).map(|(x, y)| x / y);
     let out = json!({
         "wrk": { "seconds": secs, "connections": connections, "threads": 2 },
@@ -314,7 +320,7 @@ async fn main() {
         "ratio_session_to_bare": ratio(&b, &a),
         "ratio_proxy_to_upstream": ratio(&c, &d),
         "logout_under_load": { "count": logout_ms.len(), "p50_ms": percentile(&logout_ms, 0.5), "p99_ms": percentile(&logout_ms, 0.99), "load": under_load },
-        "scale_small": small, "scale_large": large,
+        "scale_small": small, "scale_large": large, "scale_curve": curve,
         "auth_p99_ratio": large["auth_p99_us"].as_f64().zip(small["auth_p99_us"].as_f64()).map(|(l, s)| l / s),
         "stores": stores(secs, connections).await,
     });
