@@ -190,7 +190,33 @@ const HORIZONS: [(Duration, &str); 2] = [(Duration::from_secs(60), "minute"), (D
 const HORIZON_LABELS: [&str; 2] = ["due in the next minute", "due in the next hour"];
 
 /// Records read per page of a scan.
-pub(crate) const PAGE: usize = 1000;
+const PAGE: usize = 1000;
+
+/// Every stored record, a page at a time, in key order.
+pub(crate) struct Pages<'a> {
+    store: &'a dyn Maintenance,
+    after: Option<bff_session_core::SessionKey>,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    pub(crate) fn of(store: &'a dyn Maintenance) -> Self {
+        Self { store, after: None, done: false }
+    }
+
+    /// The next page; `None` after the last.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<store::Scanned>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self.store.scan(self.after, PAGE).await?;
+        match page.last() {
+            Some(last) => self.after = Some(last.key),
+            None => self.done = true,
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
 
 async fn stats(args: &StoreArgs, out: &mut dyn Write) -> Result<(), AdminError> {
     let Opened { store, policy } = args.open().await?;
@@ -198,11 +224,8 @@ async fn stats(args: &StoreArgs, out: &mut dyn Write) -> Result<(), AdminError> 
     let mut census = Census::new(&HORIZONS.map(|(h, _)| h));
     let mut corrupt = 0u64;
     let bar = progress_bar(store.count().await?, "counting");
-    let mut after = None;
-    loop {
-        let page = store.scan(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key);
+    let mut pages = Pages::of(&*store);
+    while let Some(page) = pages.next().await? {
         for scanned in &page {
             match &scanned.record {
                 Ok(session) => census.count(session, now, &policy),

@@ -12,7 +12,7 @@ use bff_session_core::client_ip::TrustedProxies;
 use clap::{Args, Parser, Subcommand};
 
 use crate::flags::err;
-pub use crate::flags::{ConfigError, PolicyArgs, parse_duration};
+pub use crate::flags::{ClientArgs, ConfigError, PolicyArgs, parse_duration};
 
 /// The reference Backend-for-Frontend session server.
 #[derive(Debug, Parser)]
@@ -176,13 +176,8 @@ pub struct Common {
 pub struct ServeArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The provider's issuer URL, exactly as in its discovery document.
-    #[arg(long, env = "BFF_SESSION_ISSUER")]
-    pub issuer: String,
-    #[arg(long, env = "BFF_SESSION_CLIENT_ID")]
-    pub client_id: String,
-    #[arg(long, env = "BFF_SESSION_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Scopes to request, space-separated.
     #[arg(long, env = "BFF_SESSION_SCOPES", default_value = "openid profile email offline_access")]
     pub scopes: String,
@@ -389,7 +384,7 @@ impl Command {
     pub fn settings(self) -> Result<Settings, ConfigError> {
         match self {
             Self::Serve(a) => {
-                if a.issuer.ends_with('/') {
+                if a.client.issuer.ends_with('/') {
                     return Err(err(
                         "--issuer",
                         "must not end with a slash: it is compared with the provider's issuer exactly",
@@ -400,8 +395,11 @@ impl Command {
                     Some(u) => return Err(err("--upstream", format!("scheme {} is not http or https", u.scheme()))),
                     None => Upstream::None,
                 };
-                let provider =
-                    Provider::External { issuer: a.issuer, client_id: a.client_id, client_secret: a.client_secret };
+                let provider = Provider::External {
+                    issuer: a.client.issuer,
+                    client_id: a.client.client_id,
+                    client_secret: a.client.client_secret,
+                };
                 let scopes = a.scopes.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
                 if !scopes.iter().any(|s| s == "openid") {
                     return Err(err("--scopes", "must include openid"));

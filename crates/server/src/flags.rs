@@ -1,12 +1,25 @@
 //! Flag groups that more than one command shares, and the error a setting that cannot be used gives.
 //!
 //! Owns the session policy's flags (a preset and its overrides, which `serve`, `demo` and `admin` must read
-//! alike), duration parsing, and [`ConfigError`]. It starts nothing and reads no file.
+//! alike), the OpenID client's flags (`serve` signs in with them, `admin` revokes with them), duration
+//! parsing, and [`ConfigError`]. It starts nothing and reads no file.
 
 use std::time::Duration;
 
 use bff_session_core::Policy;
 use clap::Args;
+
+/// The relying party as registered at the provider.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The provider's issuer URL, exactly as in its discovery document.
+    #[arg(long, env = "BFF_SESSION_ISSUER")]
+    pub issuer: String,
+    #[arg(long, env = "BFF_SESSION_CLIENT_ID")]
+    pub client_id: String,
+    #[arg(long, env = "BFF_SESSION_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: String,
+}
 
 /// The session policy: a preset and its overrides. Shared by `serve`, `demo` and `admin`, which must agree.
 #[derive(Debug, Args)]

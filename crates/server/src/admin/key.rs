@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{AdminError, Opened, PAGE, StoreArgs, progress_bar};
+use super::{AdminError, Opened, Pages, StoreArgs, progress_bar};
 use crate::seal::TokenSealer;
 use crate::store::{Resealed, StoreError};
 
@@ -45,11 +45,8 @@ pub(super) async fn run(args: &StoreArgs, command: &KeyCommand, out: &mut dyn Wr
     let Opened { store, .. } = args.open_with(sealer).await?;
     let bar = progress_bar(store.count().await?, "re-sealing");
     let mut rotation = Rotation::default();
-    let mut after = None;
-    loop {
-        let page = store.scan(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key);
+    let mut pages = Pages::of(&*store);
+    while let Some(page) = pages.next().await? {
         for scanned in &page {
             rotation.count(reseal(&*store, &scanned.key).await?);
             bar.inc(1);

@@ -11,8 +11,9 @@ use bff_session_core::census::Standing;
 use bff_session_core::{RevocationReason, RevokeAll, Session, UserId};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{AdminError, Opened, PAGE, StoreArgs};
+use super::{AdminError, Opened, Pages, StoreArgs};
 use crate::clock::Clock;
+use crate::flags::ClientArgs;
 use crate::oidc::{Oidc, RpConfig};
 use crate::service::Service;
 
@@ -49,12 +50,8 @@ pub enum StateFilter {
 /// The provider `serve` signs in with, where the refresh tokens are revoked: the same flags and variables.
 #[derive(Debug, Args)]
 pub struct ProviderArgs {
-    #[arg(long, env = "BFF_SESSION_ISSUER")]
-    pub issuer: String,
-    #[arg(long, env = "BFF_SESSION_CLIENT_ID")]
-    pub client_id: String,
-    #[arg(long, env = "BFF_SESSION_CLIENT_SECRET", hide_env_values = true)]
-    pub client_secret: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// `serve`'s public URL; only to describe the client to the provider library, no login begins here.
     #[arg(long, env = "BFF_SESSION_PUBLIC_URL", default_value = "http://localhost")]
     pub public_url: String,
@@ -78,11 +75,8 @@ async fn list(
     let Opened { store, policy } = args.open().await?;
     let now = Clock::new(false).now();
     let mut rows: Vec<(Session, Standing)> = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.scan(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key);
+    let mut pages = Pages::of(&*store);
+    while let Some(page) = pages.next().await? {
         for session in page.into_iter().filter_map(|s| s.record.ok()) {
             let standing = Standing::of(&session, now, &policy);
             let wanted = user.is_none_or(|u| session.user().as_str() == u)
@@ -154,9 +148,9 @@ async fn revoke(
 ) -> Result<(), AdminError> {
     let Opened { store, policy } = args.open().await?;
     let rp = RpConfig {
-        issuer: provider.issuer.clone(),
-        client_id: provider.client_id.clone(),
-        client_secret: provider.client_secret.clone(),
+        issuer: provider.client.issuer.clone(),
+        client_id: provider.client.client_id.clone(),
+        client_secret: provider.client.client_secret.clone(),
         redirect_uri: format!("{}/auth/callback", provider.public_url.trim_end_matches('/')),
         scopes: vec!["openid".to_owned()],
         skew: policy.clock_skew,
@@ -209,13 +203,11 @@ async fn find_handle(
     store: &dyn crate::store::Maintenance,
     handle: &str,
 ) -> Result<Option<bff_session_core::SessionKey>, AdminError> {
-    let mut after = None;
-    loop {
-        let page = store.scan(after, PAGE).await?;
-        let Some(last) = page.last() else { return Ok(None) };
-        after = Some(last.key);
+    let mut pages = Pages::of(store);
+    while let Some(page) = pages.next().await? {
         if let Some(found) = page.iter().find(|s| s.record.as_ref().is_ok_and(|r| r.handle().to_string() == handle)) {
             return Ok(Some(found.key));
         }
     }
+    Ok(None)
 }
