@@ -154,8 +154,26 @@ fn demo_is_optional() -> Result<(), String> {
     Ok(())
 }
 
-/// Every rule about a session lives in core: the server's source holds no comparison with `now` and asks
-/// no deadline question of a record.
+/// Whether the word at `code[start..end]` is compared with something or has a duration added to or taken
+/// from it: deadline arithmetic, which belongs in core.
+fn reckons_with(code: &str, start: usize, end: usize) -> bool {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    if code[..start].ends_with(word) || code[end..].starts_with(word) {
+        return false;
+    }
+    let after = code[end..].trim_start();
+    let before = code[..start].trim_end();
+    let operator_after =
+        ["<", ">", "==", "!=", "+", ".saturating_", ".checked_", ".wrapping_"].iter().any(|op| after.starts_with(op))
+            || (after.starts_with('-') && !after.starts_with("->"));
+    let operator_before = ["<", ">", "<=", ">=", "==", "!=", "+", "-"].iter().any(|op| before.ends_with(op))
+        && !before.ends_with("->")
+        && !before.ends_with("=>");
+    operator_after || operator_before
+}
+
+/// Every rule about a session lives in core: the server's source holds no comparison with `now`, no
+/// arithmetic on it, and asks no deadline question of a record.
 fn server_decides_nothing() -> Result<(), String> {
     const ASKS: [&str; 6] =
         ["expired_at(", "refresh_due(", "delete_at(", "touch_due(", "background_refresh_due(", "next_event("];
@@ -175,9 +193,7 @@ fn server_decides_nothing() -> Result<(), String> {
             let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             for (n, line) in text.lines().enumerate() {
                 let code = line.split("//").next().unwrap_or_default();
-                let compares_now = code
-                    .match_indices("now")
-                    .any(|(i, _)| ["<", ">"].iter().any(|op| code[i + 3..].trim_start().starts_with(op)));
+                let compares_now = code.match_indices("now").any(|(i, _)| reckons_with(code, i, i + 3));
                 let store_schedule =
                     path.ends_with("sled.rs") || path.ends_with("postgres.rs") || path.ends_with("memory.rs");
                 let asks = ASKS.iter().any(|a| code.contains(a)) && !store_schedule;
@@ -190,7 +206,9 @@ fn server_decides_nothing() -> Result<(), String> {
     if !found.is_empty() {
         return Err(format!("session rules outside core:\n{}", found.join("\n")));
     }
-    eprintln!("xtask: the server compares no time with now and asks no deadline question of a record");
+    eprintln!(
+        "xtask: the server compares nothing with now, adds nothing to it, and asks no deadline question of a record"
+    );
     Ok(())
 }
 
@@ -615,4 +633,43 @@ fn git(args: &[&str]) -> Result<String, String> {
         return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reckons_with;
+
+    fn reckons(code: &str) -> bool {
+        code.match_indices("now").any(|(i, _)| reckons_with(code, i, i + 3))
+    }
+
+    #[test]
+    fn deadline_arithmetic_on_now_is_found() {
+        for code in [
+            "if deadline <= now {",
+            "now >= s.expires_at()",
+            "let until = now.saturating_add(CLAIM);",
+            "exp as i64 - now as i64",
+            "now - started",
+            "now + Duration::from_secs(1)",
+            "now.checked_sub(d)",
+        ] {
+            assert!(reckons(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn other_uses_of_now_are_not() {
+        for code in [
+            "let now = self.clock.now();",
+            "fn due(&self, now: Timestamp) -> Vec<Key>",
+            "Some(at) => now",
+            "lifecycle::check(&session, now, &self.policy)",
+            "known.saturating_add(1)",
+            "snow > 3",
+            "fn now() -> Timestamp",
+        ] {
+            assert!(!reckons(code), "{code}");
+        }
+    }
 }

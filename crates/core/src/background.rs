@@ -5,12 +5,24 @@
 //! early wake-up is harmless). It runs on one record at a time and never finds records: the shell (or
 //! `Registry::tick`) reads its schedule, asks [`visit`] for each due key and carries out the effects.
 
+use std::time::Duration;
+
 use crate::effect::Effect;
 use crate::id::SessionKey;
 use crate::lifecycle::{self, Transition};
 use crate::policy::Policy;
 use crate::session::{ExpiryReason, Session};
 use crate::time::Timestamp;
+
+/// How long a store that several replicas share keeps the due records one replica claimed for its pass
+/// before another replica may take them: far longer than a pass takes, so replicas do not visit one record
+/// twice. An overlap would cost work only, as every visit is a compare-and-swap.
+pub const CLAIM: Duration = Duration::from_secs(60);
+
+/// Until when a claim made at `now` holds (see [`CLAIM`]).
+pub fn claimed_until(now: Timestamp) -> Timestamp {
+    now.saturating_add(CLAIM)
+}
 
 /// What a background pass did, or asks the shell to do, about one due record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +89,12 @@ mod tests {
     use crate::lifecycle::{Login, NewSession};
     use crate::session::{Device, UserId};
     use crate::{RevocationReason, SessionId};
+
+    #[test]
+    fn a_claim_lasts_a_minute_and_saturates() {
+        assert_eq!(claimed_until(Timestamp::from_millis(1_000)), Timestamp::from_millis(61_000));
+        assert_eq!(claimed_until(Timestamp::from_millis(u64::MAX - 1)), Timestamp::from_millis(u64::MAX));
+    }
 
     fn session(policy: &Policy, at: Timestamp) -> Session {
         let new = NewSession {

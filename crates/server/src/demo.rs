@@ -53,13 +53,11 @@ pub fn echo(req: &Req) -> Response {
         )
         .into_response();
     };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let body = serde_json::json!({
         "method": req.method.as_str(),
         "path": req.path.trim_start_matches("/__echo"),
         "token": {
             "sub": claims["sub"], "iat": claims["iat"], "exp": claims["exp"], "scope": claims["scope"],
-            "expires_in_s": claims["exp"].as_u64().map(|exp| exp as i64 - now as i64),
         },
         "cookies_forwarded": req.headers.contains_key("cookie"),
     });

@@ -1,11 +1,14 @@
 //! The HTTP API: route a request, ask the service, turn the outcome into a response.
 //!
 //! Owns paths, status codes, the JSON error shape `{"error": "...", "message": "..."}` and cookies on the
-//! wire; `auth` holds the `/auth/*` handlers. It holds no lifecycle rule and never touches the store: a
+//! wire; `auth` holds the `/auth/*` handlers, `api` the proxy route's, and `guard` the refusals made
+//! before any session is read. It holds no lifecycle rule and never touches the store: a
 //! request is refused or served because core said so, and cookies change because an effect says so. No
 //! session ID, token, code or CSRF proof is ever written to a log line or an error message.
 
+mod api;
 mod auth;
+mod guard;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,10 +24,10 @@ use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
+use self::guard::{rate_limited, read_body};
 use crate::oidc::Oidc;
-use crate::proxy::ForwardError;
 use crate::request::{CSRF_HEADER, Req};
-use crate::service::{Access, Admitted, Service, ServiceError};
+use crate::service::{Admitted, Service, ServiceError};
 
 /// Largest body of a route other than the proxy: a back-channel logout token, a test-clock command.
 const MAX_AUTH_BODY: usize = 64 << 10;
@@ -139,63 +142,6 @@ pub fn routes(cell: Arc<std::sync::OnceLock<Arc<App>>>) -> BoxedFilter<(Response
         .boxed()
 }
 
-/// Reads a request body of at most `limit` bytes. A declared length over the limit is refused before
-/// anything is read (so `Expect: 100-continue` gets the 413, never a 100), and a body without one
-/// (chunked) is cut off as soon as it passes the limit.
-async fn read_body<S, B>(headers: &warp::http::HeaderMap, body: S, limit: usize) -> Result<bytes::Bytes, ApiError>
-where
-    S: futures_util::Stream<Item = Result<B, warp::Error>>,
-    B: bytes::Buf,
-{
-    use futures_util::StreamExt as _;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request bodies here are limited to {limit} bytes"),
-        )
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
-    match declared {
-        Some(None) => {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_content_length", "Content-Length is not a number"));
-        }
-        Some(Some(n)) if n > limit as u64 => return Err(too_large()),
-        _ => {}
-    }
-    let mut body = std::pin::pin!(body);
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
-        })?;
-        if out.len() + chunk.remaining() > limit {
-            return Err(too_large());
-        }
-        while chunk.has_remaining() {
-            let piece = chunk.chunk();
-            out.extend_from_slice(piece);
-            let n = piece.len();
-            chunk.advance(n);
-        }
-    }
-    Ok(out.freeze())
-}
-
-/// 429 with the whole seconds to wait in `Retry-After`.
-fn rate_limited(app: &App, wait: std::time::Duration) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut r = app.error_response(ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("too many sign-ins from this address; try again in {secs} s"),
-    ));
-    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    r
-}
-
 async fn dispatch(app: Arc<App>, req: Req) -> Response {
     if !crate::telemetry::request_spans() {
         return answer(app, req).await;
@@ -297,49 +243,6 @@ fn add_cookie(r: &mut Response, value: &str) {
 }
 
 impl App {
-    /// Fetch Metadata and `Origin`, before any session is read: a cross-site request never reaches the API
-    /// or the session endpoints, whatever its method, and an unsafe one from another origin is refused even
-    /// with a valid CSRF token. A client that sends neither header is left to the CSRF check. The
-    /// provider's own requests (the callback is a cross-site navigation, back-channel logout comes from
-    /// its server) are not browser requests of this origin and are not judged here.
-    fn cross_site_refusal(&self, req: &Req, segments: &[&str]) -> Option<ApiError> {
-        let guarded = matches!(
-            segments,
-            ["api", ..] | ["auth", "session" | "sessions" | "logout" | "logout-all"] | ["auth", "sessions", _]
-        );
-        if !guarded {
-            return None;
-        }
-        let site = req.header("sec-fetch-site");
-        if site == Some("cross-site") {
-            return Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cross_site_request",
-                "requests from other sites are refused (Sec-Fetch-Site: cross-site)",
-            ));
-        }
-        if Method::classify(req.method.as_str()) == Method::Safe {
-            return None;
-        }
-        if site.is_some_and(|s| s != "same-origin" && s != "none") {
-            return Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cross_origin_request",
-                "unsafe requests must come from this origin (Sec-Fetch-Site)",
-            ));
-        }
-        match req.header("origin") {
-            Some(origin) if origin != self.public_url && !self.allowed_origins.iter().any(|o| o == origin) => {
-                Some(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "cross_origin_request",
-                    "unsafe requests must come from this origin or an allowed one (Origin)",
-                ))
-            }
-            _ => None,
-        }
-    }
-
     fn error_response(&self, e: ApiError) -> Response {
         let mut r = no_store(json_response(e.status, &json!({ "error": e.code, "message": e.message })));
         if e.clear_cookies {
@@ -420,68 +323,5 @@ impl App {
     async fn test_tick(&self) -> Result<Response, ApiError> {
         let acted = self.service.tick(8).await?;
         Ok(json_response(StatusCode::OK, &json!({ "acted": acted })))
-    }
-
-    async fn proxy(&self, req: &Req) -> Result<Response, ApiError> {
-        if !crate::proxy::METHODS.contains(&req.method.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("the API takes {}", crate::proxy::METHODS.join(", ")),
-            ));
-        }
-        // Checked before the session is: a refused path costs no store read.
-        let upstream = self
-            .upstream
-            .as_ref()
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_upstream", "no API upstream is configured"))?;
-        let target = crate::proxy::target(upstream, &req.path, &req.query)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_api_path", e.to_string()))?;
-        let admitted = self.authenticated(req).await?;
-        let token = match self.service.access_token(&admitted).await?.map_err(ApiError::refusal)? {
-            Access::Token(token) => token,
-            Access::NoTokens => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "no_access_token",
-                    "this session has no access token",
-                ));
-            }
-            Access::Unavailable => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "provider_unavailable",
-                    "the access token could not be refreshed; try again shortly",
-                ));
-            }
-        };
-        let forwarding = crate::proxy::Forwarding {
-            client: req.client_ip(&self.trusted_proxies),
-            proto: self.public_url.split("://").next().unwrap_or("http").to_owned(),
-            host: self.public_url.split("://").nth(1).unwrap_or_default().to_owned(),
-        };
-        crate::proxy::forward(&self.http, req, target, &token, &forwarding, self.max_upstream_answer)
-            .await
-            .map(no_store)
-            .map_err(|e| {
-                warn!(error = %e, "upstream call failed");
-                match e {
-                    ForwardError::Timeout => ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        "the API upstream did not answer in time",
-                    ),
-                    ForwardError::TooLarge { .. } => ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_too_large",
-                        "the API upstream's answer is too large",
-                    ),
-                    ForwardError::Request(_) | ForwardError::Upstream(_) => ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_unavailable",
-                        "the API upstream could not be reached",
-                    ),
-                }
-            })
     }
 }

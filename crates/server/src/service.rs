@@ -3,11 +3,13 @@
 //!
 //! Owns the orchestration only: retries on write conflicts, durability before acknowledgement, and the
 //! store and provider calls a transition's effects ask for. Its submodules own the refresher (single-flight
-//! refresh with a kept lease), the background pass and revocation worker, and pending logins. Every decision
-//! about a session is a call into core; nothing here inspects deadlines or tokens to decide on its own, and
-//! a record is written or deleted only because an [`Effect`] says so.
+//! refresh with a kept lease), the background pass and revocation worker, ending many sessions at once, the
+//! device list and pending logins. Every decision about a session is a call into core; nothing here inspects
+//! deadlines or tokens to decide on its own, and a record is written or deleted only because an [`Effect`]
+//! says so.
 
 mod background;
+mod bulk;
 mod devices;
 mod logins;
 mod refresher;
@@ -22,8 +24,8 @@ use std::time::Duration;
 use bff_session_core::audit::Event;
 use bff_session_core::lifecycle::{self, AuthRequest, Authenticated, NewSession, Transition};
 use bff_session_core::{
-    CreateError, Durability, Effect, LoginPolicy, Policy, Refusal, RevocationReason, RevokeAll, Session, SessionId,
-    SessionKey, State, Timestamp, UserId, revoke_all,
+    CreateError, Durability, Effect, LoginPolicy, Policy, Refusal, RevocationReason, Session, SessionId, SessionKey,
+    State, Timestamp, UserId,
 };
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -374,47 +376,5 @@ impl Service {
         reason: RevocationReason,
     ) -> Result<Applied<Result<(), Refusal>>, ServiceError> {
         self.apply(key, |s, now, p| lifecycle::revoke(s, reason, now, p)).await
-    }
-
-    /// Ends every active session a plan's lookup names, in core's order; the outcome lists those it ended.
-    /// Ends, durably, the sessions core's `over_limit` says the new session `key` pushes out of its user's
-    /// allowance; returns their effects (the refresh tokens to revoke among them). It runs after the new
-    /// session is stored, so a failure here never costs the user the sign-in that caused it.
-    async fn end_over_limit(
-        self: &Arc<Self>,
-        user: UserId,
-        key: SessionKey,
-        max: usize,
-    ) -> Result<Vec<Effect>, ServiceError> {
-        let plan = RevokeAll::over_limit(user);
-        let mut sessions = Vec::new();
-        for other in plan.order(self.store.keys(&plan.lookup).await?) {
-            match self.store.get(&other).await {
-                Ok(Some(s)) => sessions.push(s),
-                Ok(None) | Err(StoreError::Corrupt { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let records: Vec<&Session> = sessions.iter().map(|s| &**s).collect();
-        let mut effects = Vec::new();
-        for other in revoke_all::over_limit(&records, key, max) {
-            let ended = self.apply(other, |s, now, p| plan.revoke(s, now, p)).await?;
-            if ended.outcome.is_ok() {
-                info!(session = %other, "session ended: its user signed in past the sessions allowed per user");
-            }
-            effects.extend(ended.effects);
-        }
-        Ok(effects)
-    }
-
-    pub async fn revoke_all(self: &Arc<Self>, plan: &RevokeAll) -> Result<Applied<Vec<SessionKey>>, ServiceError> {
-        let keys = plan.order(self.store.keys(&plan.lookup).await?);
-        let mut visits = Vec::with_capacity(keys.len());
-        for key in keys {
-            let applied = self.apply(key, |s, now, p| plan.revoke(s, now, p)).await?;
-            visits.push((key, applied.into_transition()));
-        }
-        let t = plan.finish(visits);
-        Ok(Applied { outcome: t.outcome, effects: t.effects, session: None, now: self.clock.now() })
     }
 }

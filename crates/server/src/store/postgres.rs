@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bff_session_core::record;
 use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{background, record};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
@@ -70,9 +70,6 @@ const MIGRATIONS: [(i32, &str); 3] = [
 
 /// Serialises migrations of replicas starting at once (an arbitrary, fixed advisory-lock number).
 const MIGRATION_LOCK: i64 = 0x6266_6673_6573_7331;
-
-/// How long a replica keeps due records it claimed before another may take them.
-const CLAIM: Duration = Duration::from_secs(60);
 
 pub struct PgStore {
     pool: Pool,
@@ -285,7 +282,7 @@ impl Store for PgStore {
 
     async fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<SessionKey>, StoreError> {
         let client = self.client().await?;
-        let until = ms(now.saturating_add(CLAIM));
+        let until = ms(background::claimed_until(now));
         let rows = client
             .query(
                 "UPDATE bff_sessions SET claimed_until = $2 WHERE key IN (
