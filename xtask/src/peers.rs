@@ -76,7 +76,9 @@ pub fn section(peers: &Value) -> String {
          through the dev provider (`bff-session-conformance hold`); wrk asks its session check with that cookie. \
          Server CPU is the user and system time of the target's whole process group (Apache's workers, Node) from \
          `/proc`, per request; peak RSS is `VmHWM` summed over the group. Apache serves a static file behind its \
-         session check; express answers its `/session` route.\n\n",
+         session check; express answers its `/session` route. axum with tower-sessions is a session library, not a \
+         BFF: it has no provider, tokens or CSRF proof, and signs its user in with a local route; it shows what a \
+         session lookup in memory costs on the same stack.\n\n",
         peers["connections"], peers["seconds"], peers["rounds"]
     );
     md.push_str(&table(peers));

@@ -58,6 +58,7 @@ fn settings(data: &Path, port: u16, upstream: Upstream) -> Settings {
         cache_bytes: 256 << 20,
         audit_log: None,
         store: None,
+        postgres_cache: false,
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),
@@ -327,14 +328,19 @@ async fn main() {
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }
 
-/// `GET /auth/session` with a valid session on sled and on PostgreSQL (`BFF_BENCH_POSTGRES`, else
-/// `BFF_TEST_POSTGRES`), one after the other in this run; `null` for PostgreSQL when neither is set.
+/// `GET /auth/session` with a valid session on sled, on PostgreSQL (`BFF_BENCH_POSTGRES`, else
+/// `BFF_TEST_POSTGRES`) in strict mode, and on PostgreSQL in cached mode, one after the other in this run;
+/// then the cached mode's staleness. `null` for PostgreSQL when neither variable is set.
 async fn stores(secs: u64, connections: u64) -> Value {
     let pg = std::env::var("BFF_BENCH_POSTGRES").or_else(|_| std::env::var("BFF_TEST_POSTGRES")).ok();
     let mut out = serde_json::Map::new();
-    let backends = [("sled", None), ("postgres", pg.map(bff_session_server::store::Location::Postgres))];
-    for (name, location) in backends {
-        let Some(location) = location.map(Some).or_else(|| (name == "sled").then_some(None)) else {
+    let location = |name: &str| match (name, &pg) {
+        ("sled", _) => Some(None),
+        (_, Some(url)) => Some(Some(bff_session_server::store::Location::Postgres(url.clone()))),
+        (_, None) => None,
+    };
+    for name in ["sled", "postgres", "postgres_cached"] {
+        let Some(location) = location(name) else {
             out.insert(name.into(), Value::Null);
             continue;
         };
@@ -342,6 +348,7 @@ async fn stores(secs: u64, connections: u64) -> Value {
         let port = free_port();
         let mut s = settings(dir.path(), port, Upstream::None);
         s.store = location;
+        s.postgres_cache = name == "postgres_cached";
         let running = bff_session_server::start(s).await.unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let (cookie, _) = login(&base, &format!("bench-{name}")).await;
@@ -350,9 +357,86 @@ async fn stores(secs: u64, connections: u64) -> Value {
         out.insert(name.into(), result);
         running.stop().await;
     }
-    let ratio = out["postgres"]["rps"].as_f64().zip(out["sled"]["rps"].as_f64()).map(|(p, s)| p / s);
-    out.insert("ratio_postgres_to_sled".into(), json!(ratio));
+    let ratio = |name: &str| out[name]["rps"].as_f64().zip(out["sled"]["rps"].as_f64()).map(|(p, s)| p / s);
+    let (strict, cached) = (ratio("postgres"), ratio("postgres_cached"));
+    out.insert("ratio_postgres_to_sled".into(), json!(strict));
+    out.insert("ratio_postgres_cached_to_sled".into(), json!(cached));
+    let staleness = match &pg {
+        Some(url) => staleness(url, secs, connections).await,
+        None => Value::Null,
+    };
+    out.insert("staleness".into(), staleness);
     Value::Object(out)
+}
+
+/// The cached mode's staleness under load: replica A (strict) and replica B (cached) share one database
+/// and one token key; wrk loads B's session check while, again and again, a user signs in on A, B checks the
+/// session (so its copy is cached), A signs the user out, and B is asked until it refuses the cookie. Each
+/// sample is the time from A's acknowledgement of the logout (its commit comes just before) until B's
+/// first refusal, to within one request to B.
+async fn staleness(url: &str, secs: u64, connections: u64) -> Value {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = dirs.0.path().join("token.key");
+    drop(bff_session_server::seal::TokenSealer::from_file(&key, true).unwrap());
+    let replica = |dir: &Path, cached: bool| {
+        let port = free_port();
+        let mut s = settings(dir, port, Upstream::None);
+        s.store = Some(bff_session_server::store::Location::Postgres(url.to_owned()));
+        s.postgres_cache = cached;
+        s.key_file = Some(key.clone());
+        (port, s)
+    };
+    let (port_a, a) = replica(dirs.0.path(), false);
+    let (port_b, b) = replica(dirs.1.path(), true);
+    let (a, b) = (bff_session_server::start(a).await.unwrap(), bff_session_server::start(b).await.unwrap());
+    let (base_a, base_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+    let (load_cookie, _) = login(&base_a, "staleness-load").await;
+    let load = {
+        let url = format!("{base_b}/auth/session");
+        tokio::task::spawn_blocking(move || wrk(&url, Some(&load_cookie), secs, connections))
+    };
+    let http = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let mut served_after_logout = 0u64;
+    let until = Instant::now() + Duration::from_secs(secs.saturating_sub(1));
+    let mut k = 0;
+    while Instant::now() < until {
+        k += 1;
+        let (cookie, csrf) = login(&base_a, &format!("stale{k}")).await;
+        let check = || http.get(format!("{base_b}/auth/session")).header("cookie", &cookie).send();
+        assert!(check().await.unwrap().status().is_success(), "B does not serve a session made on A");
+        let out = http
+            .post(format!("{base_a}/auth/logout"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", csrf)
+            .send()
+            .await
+            .unwrap();
+        let acknowledged = Instant::now();
+        assert!(out.status().is_success());
+        loop {
+            let status = check().await.unwrap().status();
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(status.is_success(), "B answered {status}");
+            served_after_logout += 1;
+            assert!(acknowledged.elapsed() < Duration::from_secs(10), "B still serves a session ended 10 s ago");
+        }
+        samples.push(acknowledged.elapsed().as_secs_f64() * 1e3);
+    }
+    let load = load.await.unwrap();
+    a.stop().await;
+    b.stop().await;
+    samples.sort_by(f64::total_cmp);
+    json!({
+        "count": samples.len(),
+        "p50_ms": percentile(&samples, 0.5),
+        "p99_ms": percentile(&samples, 0.99),
+        "max_ms": samples.last().copied().unwrap_or(f64::NAN),
+        "served_after_logout": served_after_logout,
+        "load": load,
+    })
 }
 
 fn url_of(s: &str) -> reqwest::Url {

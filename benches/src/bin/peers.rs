@@ -1,6 +1,7 @@
 //! The session check of bff-session against the BFFs people choose instead, in one run with one load
-//! generator: a bare warp handler (the ceiling), bff-session, express-openid-connect (cookie and server-side
-//! sessions) and Apache httpd with mod_auth_openidc (a static file behind its session check).
+//! generator: a bare warp handler (the ceiling), bff-session, axum with tower-sessions' memory store,
+//! express-openid-connect (cookie and server-side sessions) and Apache httpd with mod_auth_openidc (a static
+//! file behind its session check).
 //!
 //! Each target runs as a process of its own, started from its conformance profile by
 //! `bff-session-conformance hold`, which signs one user in through the dev provider; wrk then asks the
@@ -8,7 +9,9 @@
 //! rounds. Per run: requests/s, p50 and p99, the server's CPU time per request (user + system time of every
 //! process in its process group, from `/proc`) and its peak RSS (`VmHWM`, summed over the group).
 //!
-//! `peers --serve-bare` is the bare handler itself. Prints one JSON object for `cargo xtask bench`.
+//! `peers --serve-bare` is the bare handler itself, and `peers --serve-axum` the axum application: a session
+//! library rather than a BFF, so it signs its user in with a local route, not through a provider. Prints one
+//! JSON object for `cargo xtask bench`.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -30,9 +33,10 @@ fn number(name: &str, default: u64) -> u64 {
 }
 
 /// The peers, by their conformance profile; `bare` is this binary.
-const TARGETS: [(&str, &str); 5] = [
+const TARGETS: [(&str, &str); 6] = [
     ("bare", "bare warp handler (the ceiling)"),
     ("bff-session", "bff-session"),
+    ("axum", "axum + tower-sessions, memory store"),
     ("express-cookie", "express-openid-connect, cookie session"),
     ("express-store", "express-openid-connect, server-side session"),
     ("apache", "Apache httpd + mod_auth_openidc"),
@@ -69,24 +73,25 @@ impl Drop for Running {
 }
 
 fn start(name: &str, harness: &Path, profiles: &Path) -> Result<Running, String> {
-    if name == "bare" {
+    if name == "bare" || name == "axum" {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(exe)
-            .arg("--serve-bare")
+            .arg(format!("--serve-{name}"))
             .process_group(0)
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start the bare handler: {e}"))?;
+            .map_err(|e| format!("cannot start the {name} handler: {e}"))?;
         let port = first_line(&mut child)?;
+        let origin = format!("http://127.0.0.1:{}", port.trim());
+        let (cookie, versions) = if name == "axum" {
+            (Some(sign_in_locally(&format!("{origin}/auth/sign-in"))?), AXUM_VERSIONS)
+        } else {
+            (None, "warp 0.4, the JSON of /auth/session")
+        };
+        let url = format!("{origin}/auth/session");
+        let body_bytes = check(&url, cookie.as_deref())?;
         let pgid = child.id();
-        return Ok(Running {
-            url: format!("http://127.0.0.1:{}/auth/session", port.trim()),
-            cookie: None,
-            pgid,
-            versions: vec!["warp 0.4, the JSON of /auth/session".into()],
-            body_bytes: SESSION_JSON.len(),
-            child,
-        });
+        return Ok(Running { url, cookie, pgid, versions: vec![versions.into()], body_bytes, child });
     }
     let profile = profiles.join(name).join("profile.toml");
     // bff-session's profile runs `bff-session` from the PATH: the one built beside the harness.
@@ -117,6 +122,25 @@ fn start(name: &str, harness: &Path, profiles: &Path) -> Result<Running, String>
         body_bytes: body,
         child,
     })
+}
+
+/// The versions the benches crate builds the axum peer with (kept equal to `benches/Cargo.toml`).
+const AXUM_VERSIONS: &str = "axum 0.8, tower-sessions 0.15 (MemoryStore, expiry on 12 h of inactivity)";
+
+/// The session cookie the axum peer sets on its sign-in route.
+fn sign_in_locally(url: &str) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", url])
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let headers = String::from_utf8_lossy(&out.stdout);
+    headers
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("set-cookie").then(|| value.trim().split(';').next().unwrap_or("").to_owned())
+        })
+        .ok_or_else(|| format!("{url} set no session cookie"))
 }
 
 fn first_line(child: &mut Child) -> Result<String, String> {
@@ -214,9 +238,49 @@ fn serve_bare() {
     });
 }
 
+/// axum with tower-sessions, configured as its documentation shows: the session layer over a `MemoryStore`,
+/// a sign-in route that stores the user, and the session route that answers for a signed-in user only.
+fn serve_axum() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use tower_sessions::cookie::time::Duration as Span;
+    use tower_sessions::{Expiry, MemoryStore, Session, SessionManagerLayer};
+
+    async fn sign_in(session: Session) -> StatusCode {
+        match session.insert("user", "alice").await {
+            Ok(()) => StatusCode::NO_CONTENT,
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+    async fn check(session: Session) -> axum::response::Response {
+        match session.get::<String>("user").await {
+            Ok(Some(_)) => ([("content-type", "application/json")], SESSION_JSON).into_response(),
+            Ok(None) => StatusCode::UNAUTHORIZED.into_response(),
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        let sessions = SessionManagerLayer::new(MemoryStore::default())
+            .with_secure(false)
+            .with_expiry(Expiry::OnInactivity(Span::hours(12)));
+        let app = axum::Router::new()
+            .route("/auth/sign-in", axum::routing::get(sign_in))
+            .route("/auth/session", axum::routing::get(check))
+            .layer(sessions);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        println!("{}", listener.local_addr().expect("an address").port());
+        axum::serve(listener, app).await.expect("the axum peer serves");
+    });
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--serve-bare") {
         return serve_bare();
+    }
+    if std::env::args().any(|a| a == "--serve-axum") {
+        return serve_axum();
     }
     let secs = number("--seconds", 10);
     let connections = number("--connections", 32);

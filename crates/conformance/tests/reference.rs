@@ -53,6 +53,7 @@ fn setup(preset: &str, refresh_timeout: Duration) -> Setup {
         cache_bytes: 16 << 20,
         audit_log: Some(audit.clone()),
         store: None,
+        postgres_cache: false,
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),

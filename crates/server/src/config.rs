@@ -99,6 +99,12 @@ pub struct Common {
     /// shared by every replica (give them all the same --key-file).
     #[arg(long, env = "BFF_SESSION_STORE", value_parser = crate::store::Location::parse)]
     pub store: Option<crate::store::Location>,
+    /// With a PostgreSQL store: answer session checks from this replica's copy of the records, kept true by
+    /// the database's change notices (LISTEN/NOTIFY). Faster, but a session ended on another replica is
+    /// still served here until the notice arrives (milliseconds; BENCHMARKS.md measures it). Off: every
+    /// request reads the database.
+    #[arg(long, env = "BFF_SESSION_POSTGRES_CACHE")]
+    pub postgres_cache: bool,
     /// Folder for the sled database and, unless --key-file is given, the token encryption key.
     #[arg(long, env = "BFF_SESSION_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -252,6 +258,8 @@ pub struct Settings {
     pub audit_log: Option<PathBuf>,
     /// Where sessions live; `None`: sled in `data_dir`.
     pub store: Option<crate::store::Location>,
+    /// PostgreSQL's cached mode (`--postgres-cache`): checks answered from memory kept true by notices.
+    pub postgres_cache: bool,
     /// Largest request body the proxy forwards, in bytes.
     pub max_body: usize,
     /// Sign-ins per client address; `None`: unlimited.
@@ -309,6 +317,9 @@ impl Common {
                 ),
             ));
         }
+        if self.postgres_cache && !matches!(self.store, Some(crate::store::Location::Postgres(_))) {
+            return Err(err("--postgres-cache", "needs a PostgreSQL store (--store postgres://…)"));
+        }
         if self.revocation_queue < 10 {
             return Err(err("--revocation-queue", "must be at least 10, so that each user's tenth is a place"));
         }
@@ -363,6 +374,7 @@ impl Common {
             cache_bytes: self.cache_mb.saturating_mul(1 << 20),
             audit_log: self.audit_log,
             store: self.store,
+            postgres_cache: self.postgres_cache,
             max_body: self.max_body,
             login_limit,
             allowed_origins,
@@ -543,6 +555,15 @@ mod tests {
         assert_eq!(docs(&["man"]).settings().unwrap_err().setting, "command");
         let serve = docs(&["serve", "--issuer", "https://idp.example", "--client-id", "c", "--client-secret", "s"]);
         assert!(!serve.write_docs(&mut Vec::new()).unwrap(), "serve is not documentation");
+    }
+
+    #[test]
+    fn the_postgres_cache_needs_a_postgres_store() {
+        assert_eq!(serve(&["--postgres-cache"]).unwrap_err().setting, "--postgres-cache");
+        assert_eq!(serve(&["--postgres-cache", "--store", "sled:/tmp/s"]).unwrap_err().setting, "--postgres-cache");
+        let s = serve(&["--postgres-cache", "--store", "postgres://bff@127.0.0.1/bff"]).unwrap();
+        assert!(s.postgres_cache);
+        assert!(!serve(&["--store", "postgres://bff@127.0.0.1/bff"]).unwrap().postgres_cache);
     }
 
     #[test]

@@ -149,9 +149,17 @@ pub async fn start_with_shutdown(
         .map_err(StartError::TokenKey)?;
     let location =
         settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
-    let store = store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)
-        .await
-        .map_err(StartError::Store)?;
+    let store: Arc<dyn store::Store> = match &location {
+        store::Location::Postgres(url) if settings.postgres_cache => Arc::new(
+            store::PgStore::connect(url, sealer, settings.policy.clone())
+                .await
+                .map_err(StartError::Store)?
+                .with_change_notices(),
+        ),
+        _ => store::open(&location, sealer, settings.policy.clone(), settings.cache_bytes)
+            .await
+            .map_err(StartError::Store)?,
+    };
 
     let listen = settings.listen;
     let listener =

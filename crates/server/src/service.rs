@@ -328,9 +328,10 @@ impl Service {
             }
         };
         let key = id.key();
-        // Most requests change nothing: read, let core check, and answer without copying or writing.
+        // Most requests change nothing: read, let core check, and answer without copying or writing. Anything
+        // else goes through `apply`, which reads the store itself.
         let now = self.clock.now();
-        if let Ok(Some(session)) = self.store.get(&key).await
+        if let Ok(Some(session)) = self.store.get_for_check(&key).await
             && let Ok(auth) = lifecycle::check(&session, now, &self.policy)
         {
             let outcome = Ok(Admitted { id, auth, session: session.clone() });

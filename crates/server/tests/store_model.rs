@@ -121,6 +121,8 @@ trait Backend: 'static {
 
 struct Sled;
 struct Postgres;
+/// PostgreSQL in its cached mode (`--postgres-cache`): one replica must answer exactly as strict mode does.
+struct PostgresCached;
 struct Memory;
 
 impl Backend for Memory {
@@ -167,6 +169,24 @@ impl Backend for Postgres {
             client.batch_execute("TRUNCATE bff_sessions, bff_logins, bff_jtis").await.unwrap();
         });
         Some((store, None))
+    }
+}
+
+impl Backend for PostgresCached {
+    fn open(
+        test: &str,
+        policy: &Policy,
+        rt: &tokio::runtime::Runtime,
+    ) -> Option<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
+        let url = postgres_url(&format!("cached_{test}"))?;
+        let store = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let store = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap();
+            client.batch_execute("TRUNCATE bff_sessions, bff_logins, bff_jtis").await.unwrap();
+            store.with_change_notices()
+        });
+        Some((Arc::new(store), None))
     }
 }
 
@@ -244,6 +264,10 @@ prop_state_machine! {
     /// PostgreSQL agrees with the model and the registry under the `helix` preset.
     #[test]
     fn postgres_store_agrees_with_model_under_helix(sequential 1..48 => AgainstModel<Helix, Postgres>);
+
+    /// PostgreSQL's cached mode, as one replica's store, agrees with the model and the registry.
+    #[test]
+    fn postgres_cached_store_agrees_with_model_under_tiny_policy(sequential 1..48 => AgainstModel<Tiny, PostgresCached>);
 }
 
 #[test]
@@ -254,7 +278,7 @@ fn migrations_are_versioned_and_idempotent() {
     for _ in 0..3 {
         let Location::Postgres(url) = &location else { unreachable!() };
         let pg = rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened())).unwrap();
-        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2, 3]);
+        assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2, 3, 4]);
     }
 }
 
@@ -406,4 +430,96 @@ proptest::proptest! {
             logins_agree_with_core(store, &rt, &steps);
         }
     }
+}
+
+/// The cached mode answers checks from memory, and a change by another replica reaches it by notice: a
+/// session ended elsewhere is refused once the notice arrives. Without the notice (its trigger disabled) the
+/// copy is served, which is what the trigger is for; and while the listening connection is lost, checks read
+/// the database.
+#[test]
+fn a_cached_replica_is_told_of_changes_by_notice() {
+    let Some(url) = postgres_url("notices") else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let policy = Policy::hardened();
+        let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let a = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap();
+        let b =
+            PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap().with_change_notices();
+        let listening = |b: &PgStore| b.is_listening();
+        for _ in 0..200 {
+            if listening(&b) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(listening(&b), "the cached replica never listened");
+
+        let new = bff_session_core::NewSession {
+            id: bff_session_core::SessionId::from_random_bytes([0x5a; 32]),
+            user: bff_session_core::UserId::new("cached"),
+            login: bff_session_core::Login::Local,
+            device: bff_session_core::Device::default(),
+        };
+        let now = Timestamp::from_millis(1_000_000);
+        let created = lifecycle::create(&new, now, &policy).outcome;
+        let key = created.key();
+        a.put(None, &created).await.unwrap();
+        assert_eq!(b.get_for_check(&key).await.unwrap().map(|s| s.version()), Some(created.version()));
+
+        // Without the notice, the copy answers: the check does not read the database.
+        sql.batch_execute("ALTER TABLE bff_sessions DISABLE TRIGGER bff_sessions_changed").await.unwrap();
+        let mut ended = created.clone();
+        let revoked = lifecycle::revoke(Some(&mut ended), RevocationReason::Logout, now, &policy);
+        assert!(revoked.outcome.is_ok());
+        a.put(Some(&created), &ended).await.unwrap();
+        assert!(b.get_for_check(&key).await.unwrap().is_some_and(|s| s.is_active()), "the cached copy was not used");
+        assert!(b.get(&key).await.unwrap().is_some_and(|s| !s.is_active()), "get must read the database");
+
+        // With it, the change arrives.
+        sql.batch_execute("ALTER TABLE bff_sessions ENABLE TRIGGER bff_sessions_changed").await.unwrap();
+        a.delete(&ended).await.unwrap();
+        let mut seen = Some(());
+        for _ in 0..200 {
+            seen = b.get_for_check(&key).await.unwrap().map(drop);
+            if seen.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, None, "the notice of the removal never reached the cached replica");
+
+        // A lost connection turns the cache off until it listens again.
+        a.put(None, &created).await.unwrap();
+        assert!(b.get_for_check(&key).await.unwrap().is_some());
+        sql.batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN bff_sessions_changed'",
+        )
+        .await
+        .unwrap();
+        sql.batch_execute("ALTER TABLE bff_sessions DISABLE TRIGGER bff_sessions_changed").await.unwrap();
+        let mut off = false;
+        for _ in 0..200 {
+            if !listening(&b) {
+                off = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(off, "the cache stayed on without its connection");
+        a.put(Some(&created), &ended).await.unwrap();
+        assert!(
+            b.get_for_check(&key).await.unwrap().is_some_and(|s| !s.is_active()),
+            "while not listening, a check must read the database"
+        );
+        sql.batch_execute("ALTER TABLE bff_sessions ENABLE TRIGGER bff_sessions_changed").await.unwrap();
+        for _ in 0..400 {
+            if listening(&b) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(listening(&b), "the cached replica did not listen again");
+    });
 }

@@ -129,6 +129,7 @@ pub fn replica_settings(
         cache_bytes: 16 << 20,
         audit_log: None,
         store: Some(Location::Postgres(store.to_owned())),
+        postgres_cache: false,
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),

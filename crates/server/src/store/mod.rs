@@ -7,6 +7,7 @@
 
 mod maintenance;
 mod memory;
+mod notices;
 mod postgres;
 mod sled;
 mod timed;
@@ -112,6 +113,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The record under `key`. Always asks the backend, so a write by any replica is seen at once.
     async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError>;
 
+    /// The record under `key`, for a check that writes nothing (a request's authentication). It is
+    /// [`Store::get`] unless the backend keeps a copy that change notices keep true (PostgreSQL with
+    /// `--postgres-cache`): then a change made by another replica is seen once its notice arrives, not at
+    /// once. Every write still starts from [`Store::get`].
+    async fn get_for_check(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        self.get(key).await
+    }
+
     /// Writes `new` if the stored record is still `previous` (absent, for `None`), with its schedule and
     /// index changes; [`StoreError::Conflict`] otherwise.
     async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError>;
@@ -198,6 +207,11 @@ impl Decoded {
     pub(crate) fn get(&self, key: &SessionKey, version: u64) -> Option<Arc<Session>> {
         let cache = self.entries.read().ok()?;
         cache.get(key).filter(|(v, _)| *v == version).map(|(_, s)| s.clone())
+    }
+
+    /// The version decoded under `key`, if any.
+    pub(crate) fn version_of(&self, key: &SessionKey) -> Option<u64> {
+        self.entries.read().ok()?.get(key).map(|(v, _)| *v)
     }
 
     pub(crate) fn insert(&self, key: SessionKey, version: u64, session: Arc<Session>) {

@@ -36,6 +36,10 @@ impl Store for Timed {
         self.timed(StoreOp::Get, self.inner.get(key)).await
     }
 
+    async fn get_for_check(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        self.timed(StoreOp::Get, self.inner.get_for_check(key)).await
+    }
+
     async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
         self.timed(StoreOp::Put, self.inner.put(previous, new)).await
     }

@@ -42,6 +42,7 @@ pub fn settings(data: &Path, port: u16, policy: Policy) -> Settings {
         cache_bytes: 64 << 20,
         audit_log: None,
         store: None,
+        postgres_cache: false,
         max_body: 1 << 20,
         login_limit: None,
         allowed_origins: Vec::new(),
