@@ -5,10 +5,14 @@
 //! each request the client's address. It never looks at what a request means: that is `http`'s.
 //!
 //! warp's own `serve` sets no timer, so hyper's header-read timeout never fires there and a client that
-//! trickles its headers holds a connection for ever; this loop is warp's, with the limits switched on.
+//! trickles its headers holds a connection for ever; this loop is warp's, with the limits switched on. The
+//! BFF's requests go straight to `http::handle`; warp's filters serve only the metrics and the demo's
+//! provider.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -43,17 +47,29 @@ impl Default for ConnLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer(pub SocketAddr);
 
+/// What answers the requests of a listener: a function of the request (its [`Peer`] among the extensions).
+pub type Handler = Arc<dyn Fn(http::Request<Incoming>) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// A warp filter as a [`Handler`] (the metrics listener, the demo's provider).
+pub fn filter(routes: BoxedFilter<(Response,)>) -> Handler {
+    let service = warp::service(routes);
+    Arc::new(move |req| {
+        let call = service.clone().call(req);
+        Box::pin(async move {
+            match call.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    })
+}
+
 /// hyper refuses a read buffer smaller than this.
 const MIN_BUFFER: usize = 8192;
 
-/// Serves `routes` on every connection `listener` accepts until `stop` completes, then lets the requests in
+/// Serves `handler` on every connection `listener` accepts until `stop` completes, then lets the requests in
 /// flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    routes: BoxedFilter<(Response,)>,
-    limits: ConnLimits,
-    stop: impl Future<Output = ()> + Send,
-) {
+pub async fn serve(listener: TcpListener, handler: Handler, limits: ConnLimits, stop: impl Future<Output = ()> + Send) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -74,10 +90,11 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
-        let filtered = warp::service(routes.clone());
+        let handler = handler.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(Peer(peer));
-            filtered.clone().call(req)
+            let answer = handler(req);
+            async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);

@@ -10,7 +10,7 @@ mod api;
 mod auth;
 mod guard;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bff_session_core::cookie::{CookieError, Cookies, Kind};
@@ -18,7 +18,7 @@ use bff_session_core::lifecycle::{AuthRequest, Method};
 use bff_session_core::{Effect, Refusal, SessionId, Timestamp, client_ip, csrf};
 use serde_json::json;
 use tracing::warn;
-use warp::Filter;
+use warp::Filter as _;
 use warp::Reply as _;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -106,40 +106,37 @@ impl From<CookieError> for ApiError {
     }
 }
 
-/// The BFF's routes. `cell` holds the app once it is ready; until then every request gets 503.
-pub fn routes(cell: Arc<std::sync::OnceLock<Arc<App>>>) -> BoxedFilter<(Response,)> {
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    warp::method()
-        .and(warp::path::full())
-        .and(query)
-        .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<crate::conn::Peer>().map(|peer: Option<crate::conn::Peer>| peer.map(|p| p.0)))
-        .and(warp::body::stream())
-        .and(warp::any().map(move || cell.clone()))
-        .then(
-            |method,
-             path: warp::path::FullPath,
-             query,
-             headers: warp::http::HeaderMap,
-             peer,
-             body,
-             cell: Arc<std::sync::OnceLock<Arc<App>>>| async move {
-                let Some(app) = cell.get().cloned() else {
-                    return json_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"error": "starting", "message": "the server is starting"}),
-                    );
-                };
-                let limit = if path.as_str().starts_with("/api/") { app.max_body } else { MAX_AUTH_BODY };
-                let body = match read_body(&headers, body, limit).await {
-                    Ok(body) => body,
-                    Err(e) => return app.error_response(e),
-                };
-                let req = Req { method, path: path.as_str().to_owned(), query, headers, peer, body };
-                dispatch(app, req).await
-            },
-        )
-        .boxed()
+/// Answers one request; `cell` holds the app once it is ready, and until then every request gets 503.
+///
+/// Called by the connection loop for every request to the BFF, straight from hyper: the request's parts are
+/// moved into a [`Req`], nothing is cloned, and no filter chain runs before the routing in [`answer`].
+pub async fn handle<B>(cell: &OnceLock<Arc<App>>, request: warp::http::Request<B>) -> Response
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let Some(app) = cell.get().cloned() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "starting", "message": "the server is starting"}),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let limit = if path.starts_with("/api/") { app.max_body } else { MAX_AUTH_BODY };
+    let body = match read_body(&parts.headers, body, limit).await {
+        Ok(body) => body,
+        Err(e) => return app.error_response(e),
+    };
+    let req = Req {
+        path: path.to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        method: parts.method,
+        peer: parts.extensions.get::<crate::conn::Peer>().map(|p| p.0),
+        headers: parts.headers,
+        body,
+    };
+    dispatch(app, req).await
 }
 
 async fn dispatch(app: Arc<App>, req: Req) -> Response {

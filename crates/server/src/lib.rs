@@ -178,10 +178,23 @@ pub async fn start_with_shutdown(
     // The app needs the provider's discovery document, which in the demo this very server serves: start
     // serving first and answer 503 until the app is ready.
     let cell: Arc<OnceLock<Arc<App>>> = Arc::new(OnceLock::new());
-    let bff = http::routes(cell.clone());
+    let bff: conn::Handler = {
+        let cell = cell.clone();
+        Arc::new(move |req| {
+            let cell = cell.clone();
+            Box::pin(async move { http::handle(&cell, req).await })
+        })
+    };
     #[cfg(feature = "demo")]
-    let bff = match &idp {
-        Some(idp) => warp::path("idp").and(idp.routes()).or(bff).unify().boxed(),
+    let bff: conn::Handler = match &idp {
+        // The demo's provider lives under /idp on this very server.
+        Some(idp) => {
+            let provider = conn::filter(warp::path("idp").and(idp.routes()).boxed());
+            Arc::new(move |req| {
+                let path = req.uri().path();
+                if path == "/idp" || path.starts_with("/idp/") { provider(req) } else { bff(req) }
+            })
+        }
         None => bff,
     };
     let (tx, rx) = oneshot::channel::<()>();
@@ -277,6 +290,7 @@ pub async fn start_with_shutdown(
             let (metrics_addr, listener) = bound;
             let routes = http::metrics_routes(service.clone());
             let forever = std::future::pending();
+            let routes = conn::filter(routes);
             (Some(metrics_addr), Some(tokio::spawn(conn::serve(listener, routes, settings.conn_limits, forever))))
         }
         None => (None, None),

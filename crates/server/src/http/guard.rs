@@ -5,6 +5,8 @@
 //! record: what it refuses never reaches core, and what it lets through is still judged there.
 
 use bff_session_core::lifecycle::Method;
+use bytes::{Buf as _, Bytes, BytesMut};
+use http_body_util::BodyExt as _;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -14,16 +16,11 @@ use crate::request::Req;
 /// Reads a request body of at most `limit` bytes. A declared length over the limit is refused before
 /// anything is read (so `Expect: 100-continue` gets the 413, never a 100), and a body without one
 /// (chunked) is cut off as soon as it passes the limit.
-pub(super) async fn read_body<S, B>(
-    headers: &warp::http::HeaderMap,
-    body: S,
-    limit: usize,
-) -> Result<bytes::Bytes, ApiError>
+pub(super) async fn read_body<B>(headers: &warp::http::HeaderMap, body: B, limit: usize) -> Result<Bytes, ApiError>
 where
-    S: futures_util::Stream<Item = Result<B, warp::Error>>,
-    B: bytes::Buf,
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
 {
-    use futures_util::StreamExt as _;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -39,12 +36,18 @@ where
         Some(Some(n)) if n > limit as u64 => return Err(too_large()),
         _ => {}
     }
+    // Most requests (every GET) have none: no buffer, no poll.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     let mut body = std::pin::pin!(body);
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| {
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
         })?;
+        // Trailers carry nothing a route reads.
+        let Ok(mut chunk) = frame.into_data() else { continue };
         if out.len() + chunk.remaining() > limit {
             return Err(too_large());
         }
