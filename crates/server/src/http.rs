@@ -109,7 +109,7 @@ impl From<CookieError> for ApiError {
 /// Answers one request; `cell` holds the app once it is ready, and until then every request gets 503.
 ///
 /// Called by the connection loop for every request to the BFF, straight from hyper: the request's parts are
-/// moved into a [`Req`], nothing is cloned, and no filter chain runs before the routing in [`answer`].
+/// moved into a [`Req`], nothing is cloned, and no filter chain runs before the routing.
 pub async fn handle<B>(cell: &OnceLock<Arc<App>>, request: warp::http::Request<B>) -> Response
 where
     B: http_body::Body,
