@@ -51,6 +51,8 @@ pub enum StoreOp {
     Get,
     Put,
     Delete,
+    /// A pass's writes committed together ([`Store::write_all`](crate::store::Store::write_all)).
+    Batch,
     Keys,
     Due,
     Flush,
@@ -59,14 +61,15 @@ pub enum StoreOp {
 }
 
 impl StoreOp {
-    const ALL: [Self; 8] =
-        [Self::Get, Self::Put, Self::Delete, Self::Keys, Self::Due, Self::Flush, Self::Logins, Self::Jtis];
+    const ALL: [Self; 9] =
+        [Self::Get, Self::Put, Self::Delete, Self::Batch, Self::Keys, Self::Due, Self::Flush, Self::Logins, Self::Jtis];
 
     const fn as_str(self) -> &'static str {
         match self {
             Self::Get => "get",
             Self::Put => "put",
             Self::Delete => "delete",
+            Self::Batch => "batch",
             Self::Keys => "keys",
             Self::Due => "due",
             Self::Flush => "flush",

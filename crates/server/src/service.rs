@@ -38,7 +38,7 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::oidc::TokenEndpoint;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write};
 
 /// Why the service could not do what was asked. Client mistakes are [`Refusal`]s inside outcomes instead.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,14 +193,7 @@ impl Service {
     ) -> Result<Applied<T>, ServiceError> {
         for _ in 0..MAX_ATTEMPTS {
             let now = self.clock.now();
-            let previous = match self.store.get(&key).await {
-                Ok(p) => p,
-                Err(StoreError::Corrupt { key, error }) => {
-                    warn!(session = %key, %error, "corrupt session record treated as unknown");
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let previous = self.read(key).await?;
             let mut current: Option<Session> = previous.as_deref().cloned();
             let t = f(current.as_mut(), now, &self.policy);
             match self.write(key, previous.as_deref(), current.as_ref(), &t.effects, now).await {
@@ -208,17 +201,40 @@ impl Service {
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
-            let user = current.as_ref().or(previous.as_deref()).map(Session::user);
-            self.carry_out(&t.effects, flush, user).await?;
-            let deleted = t.effects.iter().any(|e| matches!(e, Effect::Delete { .. }));
-            let session = if deleted { None } else { current.map(Arc::new) };
-            return Ok(Applied { outcome: t.outcome, effects: t.effects, session, now });
+            return self.finish(t, previous.as_deref(), current, flush, now).await;
         }
         Err(ServiceError::Store(StoreError::Conflict))
     }
 
-    /// The store effects of a transition on the record under `key`: at most one write of the record as it
-    /// is now, or its removal.
+    /// The record under `key` for a transition; one that does not decode is treated as unknown, so the
+    /// transition's answer for a missing record (a refusal, or a purge) applies.
+    async fn read(&self, key: SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        self.store.get(&key).await.or_else(|e| match e {
+            StoreError::Corrupt { key, error } => {
+                warn!(session = %key, %error, "corrupt session record treated as unknown");
+                Ok(None)
+            }
+            e => Err(e),
+        })
+    }
+
+    /// What follows a transition's committed write: its other effects, and the record as it is now.
+    async fn finish<T>(
+        &self,
+        t: Transition<T>,
+        previous: Option<&Session>,
+        current: Option<Session>,
+        flush: bool,
+        now: Timestamp,
+    ) -> Result<Applied<T>, ServiceError> {
+        let user = current.as_ref().or(previous).map(Session::user);
+        self.carry_out(&t.effects, flush, user).await?;
+        let deleted = t.effects.iter().any(|e| matches!(e, Effect::Delete { .. }));
+        let session = if deleted { None } else { current.map(Arc::new) };
+        Ok(Applied { outcome: t.outcome, effects: t.effects, session, now })
+    }
+
+    /// Carries out the store effects of a transition on the record under `key` ([`Write::of_effects`]).
     async fn write(
         &self,
         key: SessionKey,
@@ -227,22 +243,15 @@ impl Service {
         effects: &[Effect],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let persist = effects.iter().any(|e| matches!(e, Effect::Persist { key: k, .. } if *k == key));
-        let delete = effects.iter().any(|e| matches!(e, Effect::Delete { key: k } if *k == key));
-        match (previous, current) {
-            (Some(previous), _) if delete => self.store.delete(previous).await,
-            (None, _) if delete => self.store.purge(&key, now).await,
-            (_, Some(new)) if persist => {
-                self.store.put(previous, new).await?;
-                self.record(now, previous, new);
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        let Some(write) = Write::of_effects(key, previous, current, effects, now) else { return Ok(()) };
+        write.to(self.store.as_ref()).await?;
+        self.committed(&write, now);
+        Ok(())
     }
 
-    /// The audit trail and the metrics of a committed write.
-    fn record(&self, now: Timestamp, previous: Option<&Session>, new: &Session) {
+    /// The audit trail and the metrics of a committed write that stored a new version of a record.
+    fn committed(&self, write: &Write<'_>, now: Timestamp) {
+        let Write::Put { previous, new } = *write else { return };
         let Some(event) = Event::between(previous, new) else { return };
         self.metrics.transition(&event);
         // An event of the request's span when traces are on; debug, so logs do not repeat the audit trail.

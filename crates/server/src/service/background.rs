@@ -7,11 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bff_session_core::{TickReport, Trigger, background};
+use bff_session_core::{Effect, SessionKey, TickReport, Timestamp, Trigger, background};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
 use super::{Applied, Service, ServiceError};
+use crate::store::{StoreError, Write};
 
 /// Due records one pass visits, at most; the rest wait for the next pass.
 const PASS_LIMIT: usize = 10_000;
@@ -20,31 +21,70 @@ const JTI_GRACE_SECS: u64 = 600;
 impl Service {
     /// One sweep over the records whose scheduled event has come, each read once and judged by core
     /// (`background::visit`): tombstones past retention and unreadable records are deleted, sessions past a
-    /// deadline expire, and those due for a background refresh are listed. Visits at most 10,000 records.
+    /// deadline expire, and those due for a background refresh are listed. Visits at most 10,000 records,
+    /// and writes them together ([`Store::write_all`](crate::store::Store::write_all)): one commit for the
+    /// pass. A record written meanwhile by anyone else is visited again on its own.
     pub async fn sweep(self: &Arc<Self>) -> Result<Applied<TickReport>, ServiceError> {
         let now = self.clock.now();
         let due = self.store.due(now, PASS_LIMIT).await?;
+        let visited = self.visit_all(&due, now).await;
+        // Whatever this pass did not write goes back to the pool for the next pass of any replica.
+        self.store.release(&due).await?;
+        let (report, effects) = visited?;
+        Ok(Applied { outcome: report, effects, session: None, now })
+    }
+
+    async fn visit_all(
+        self: &Arc<Self>,
+        due: &[SessionKey],
+        now: Timestamp,
+    ) -> Result<(TickReport, Vec<Effect>), ServiceError> {
+        let mut read = Vec::with_capacity(due.len());
+        for &key in due {
+            let previous = self.read(key).await?;
+            let mut current = previous.as_deref().cloned();
+            let t = background::visit(key, current.as_mut(), now, &self.policy);
+            read.push((key, previous, current, t));
+        }
+        let writes: Vec<(usize, Write<'_>)> = read
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (key, previous, current, t))| {
+                Write::of_effects(*key, previous.as_deref(), current.as_ref(), &t.effects, now).map(|w| (i, w))
+            })
+            .collect();
+        let batch: Vec<Write<'_>> = writes.iter().map(|(_, w)| *w).collect();
+        let mut results = vec![Ok(()); read.len()];
+        for ((i, write), result) in writes.iter().zip(self.store.write_all(&batch).await) {
+            if result.is_ok() {
+                self.committed(write, now);
+            }
+            results[*i] = result;
+        }
         let mut report = TickReport::default();
         let mut effects = Vec::new();
         let mut failed = None;
-        for &key in &due {
+        for ((key, previous, current, t), result) in read.into_iter().zip(results) {
             // No flush: nobody waits on an expiry, and one lost in a crash is redone by its deadline.
-            match self.apply_with(key, |s, now, p| background::visit(key, s, now, p), false).await {
+            let applied = match result {
+                Ok(()) => self.finish(t, previous.as_deref(), current, false, now).await,
+                Err(StoreError::Conflict) => {
+                    self.apply_with(key, |s, now, p| background::visit(key, s, now, p), false).await
+                }
+                Err(e) => Err(e.into()),
+            };
+            match applied {
                 Ok(visited) => {
                     report.add(key, visited.outcome);
                     effects.extend(visited.effects);
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+                // The others' writes are committed, so their effects are still carried out.
+                Err(e) => failed = Some(e),
             }
         }
-        // Whatever this pass did not write goes back to the pool for the next pass of any replica.
-        self.store.release(&due).await?;
         match failed {
             Some(e) => Err(e),
-            None => Ok(Applied { outcome: report, effects, session: None, now }),
+            None => Ok((report, effects)),
         }
     }
 

@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use bff_session_core::login::LoginDecodeError;
 use bff_session_core::record::DecodeError;
-use bff_session_core::{LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
+use bff_session_core::{Effect, LoginKey, Lookup, PendingLogin, Policy, Session, SessionKey, Timestamp};
 
 pub use self::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
 pub use self::memory::MemoryStore;
@@ -132,6 +132,18 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// entry for it due by `now`.
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError>;
 
+    /// Carries out `writes`, each as [`Store::put`], [`Store::delete`] or [`Store::purge`] would, and
+    /// answers each one's result in order. A backend may commit them together (sled does, in one
+    /// transaction), so a background pass costs one commit instead of one per record; a conflict on any
+    /// record must still leave the others written and answer [`StoreError::Conflict`] for that one alone.
+    async fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(write.to(self).await);
+        }
+        results
+    }
+
     /// The keys of the active sessions a lookup names.
     async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError>;
 
@@ -165,6 +177,56 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Records a logout token's `jti` until `exp`; `false` if anyone recorded it before.
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError>;
+}
+
+/// One write of a batch for [`Store::write_all`].
+#[derive(Clone, Copy, Debug)]
+pub enum Write<'a> {
+    /// [`Store::put`].
+    Put { previous: Option<&'a Session>, new: &'a Session },
+    /// [`Store::delete`].
+    Delete { previous: &'a Session },
+    /// [`Store::purge`].
+    Purge { key: SessionKey, now: Timestamp },
+}
+
+impl<'a> Write<'a> {
+    /// The store effects of a transition on the record under `key`: at most one write of the record as it
+    /// is now, or its removal, as its [`Effect::Persist`] or [`Effect::Delete`] says.
+    pub fn of_effects(
+        key: SessionKey,
+        previous: Option<&'a Session>,
+        current: Option<&'a Session>,
+        effects: &[Effect],
+        now: Timestamp,
+    ) -> Option<Self> {
+        let persist = effects.iter().any(|e| matches!(e, Effect::Persist { key: k, .. } if *k == key));
+        let delete = effects.iter().any(|e| matches!(e, Effect::Delete { key: k } if *k == key));
+        match (previous, current) {
+            (Some(previous), _) if delete => Some(Self::Delete { previous }),
+            (None, _) if delete => Some(Self::Purge { key, now }),
+            (_, Some(new)) if persist => Some(Self::Put { previous, new }),
+            _ => None,
+        }
+    }
+
+    /// The record this write is about.
+    pub fn key(&self) -> SessionKey {
+        match self {
+            Self::Put { new, .. } => new.key(),
+            Self::Delete { previous } => previous.key(),
+            Self::Purge { key, .. } => *key,
+        }
+    }
+
+    /// Carries out this write alone on `store`.
+    pub async fn to<S: Store + ?Sized>(&self, store: &S) -> Result<(), StoreError> {
+        match *self {
+            Self::Put { previous, new } => store.put(previous, new).await,
+            Self::Delete { previous } => store.delete(previous).await,
+            Self::Purge { key, now } => store.purge(&key, now).await,
+        }
+    }
 }
 
 /// Opens the backend at `location`; for PostgreSQL this applies the schema migrations.

@@ -19,7 +19,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Tree};
 
 use super::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
-use super::{Decoded, Store, StoreError};
+use super::{Decoded, Store, StoreError, Write};
 use crate::seal::TokenSealer;
 
 const SEP: u8 = 0xff;
@@ -113,6 +113,23 @@ impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore").field("sessions", &self.sessions.len()).finish_non_exhaustive()
     }
+}
+
+/// Writes committed in one transaction, at most. A transaction holds sled's global lock, which keeps every
+/// read (every request's authentication) waiting until it commits, so a pass's writes go in small groups:
+/// enough to share a transaction's fixed cost, few enough that no request waits long.
+const TOGETHER: usize = 16;
+
+/// A compare-and-swap write of one record with its schedule and index changes, ready to commit: a write
+/// of `value`, or the removal of the record when it is `None`.
+struct Prepared {
+    key: SessionKey,
+    expected: Option<u64>,
+    value: Option<Vec<u8>>,
+    removed: Vec<(usize, Vec<u8>)>,
+    added: Vec<(usize, Vec<u8>)>,
+    old_event: Option<Timestamp>,
+    new_event: Option<Timestamp>,
 }
 
 fn schedule_key(at: Timestamp, key: &SessionKey) -> Vec<u8> {
@@ -251,68 +268,109 @@ impl SledStore {
     /// Writes `new` if the stored record is still `previous` (compare-and-swap on the version), updating
     /// the schedule and indexes in the same transaction.
     pub fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
-        let key = new.key();
-        let mut value = new.version().to_be_bytes().to_vec();
-        value.extend_from_slice(&record::encode(new, &self.sealer));
-        let expected = previous.map(Session::version);
-        let removed: Vec<(usize, Vec<u8>)> = previous.map(index_entries).unwrap_or_default();
-        let added = index_entries(new);
-        let old_event = previous.and_then(|p| p.next_event(&self.policy));
-        let new_event = new.next_event(&self.policy);
-        let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
-        let _gate = self.gate.transaction();
-        let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
-            let current = sessions.get(key.as_bytes())?.map(|v| version_of(&v));
-            if current != expected {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            sessions.insert(key.as_bytes(), value.as_slice())?;
-            if old_event != new_event {
-                if let Some(at) = old_event {
-                    schedule.remove(schedule_key(at, &key))?;
-                }
-                if let Some(at) = new_event {
-                    schedule.insert(schedule_key(at, &key), &[])?;
-                }
-            }
-            let index = [user, sid, sub];
-            for (tree, k) in removed.iter().filter(|e| !added.contains(e)) {
-                index[*tree].remove(k.as_slice())?;
-            }
-            for (tree, k) in added.iter().filter(|e| !removed.contains(e)) {
-                index[*tree].insert(k.as_slice(), &[])?;
-            }
-            Ok(())
-        });
-        map_tx(result)?;
-        self.unclaim(&[key]);
-        Ok(())
+        self.commit(&[self.prepare_put(previous, new)])
     }
 
     /// Removes a tombstone if it is still `previous`.
     pub fn delete(&self, previous: &Session) -> Result<(), StoreError> {
-        let key = previous.key();
-        let expected = Some(previous.version());
-        let entries = index_entries(previous);
-        let event = previous.next_event(&self.policy);
+        self.commit(&[self.prepare_delete(previous)])
+    }
+
+    /// Carries out `writes`, sixteen to a transaction (see `TOGETHER`).
+    pub fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        writes.chunks(TOGETHER).flat_map(|chunk| self.write_together(chunk)).collect()
+    }
+
+    /// Carries out `writes` in one transaction; when one of them conflicts (the transaction then writes
+    /// nothing), each on its own, so that one alone is refused. Purges are not compare-and-swap writes and
+    /// go on their own after the others.
+    fn write_together(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        let prepared: Vec<Option<Prepared>> = writes
+            .iter()
+            .map(|w| match *w {
+                Write::Put { previous, new } => Some(self.prepare_put(previous, new)),
+                Write::Delete { previous } => Some(self.prepare_delete(previous)),
+                Write::Purge { .. } => None,
+            })
+            .collect();
+        let together: Vec<&Prepared> = prepared.iter().flatten().collect();
+        let joint = if together.is_empty() { Ok(()) } else { self.commit(&together) };
+        writes
+            .iter()
+            .zip(&prepared)
+            .map(|(write, prepared)| match (write, prepared) {
+                (Write::Purge { key, now }, _) => self.purge(key, *now),
+                (_, Some(one)) if joint == Err(StoreError::Conflict) => self.commit(&[one]),
+                _ => joint.clone(),
+            })
+            .collect()
+    }
+
+    /// A write of `new` over `previous`, encoded and sealed outside any transaction.
+    fn prepare_put(&self, previous: Option<&Session>, new: &Session) -> Prepared {
+        let mut value = new.version().to_be_bytes().to_vec();
+        value.extend_from_slice(&record::encode(new, &self.sealer));
+        Prepared {
+            key: new.key(),
+            expected: previous.map(Session::version),
+            value: Some(value),
+            removed: previous.map(index_entries).unwrap_or_default(),
+            added: index_entries(new),
+            old_event: previous.and_then(|p| p.next_event(&self.policy)),
+            new_event: new.next_event(&self.policy),
+        }
+    }
+
+    /// The removal of `previous` with its schedule and index entries.
+    fn prepare_delete(&self, previous: &Session) -> Prepared {
+        Prepared {
+            key: previous.key(),
+            expected: Some(previous.version()),
+            value: None,
+            removed: index_entries(previous),
+            added: Vec::new(),
+            old_event: previous.next_event(&self.policy),
+            new_event: None,
+        }
+    }
+
+    /// Commits prepared writes in one transaction: all of them, or none when any record is no longer the
+    /// version its write expects ([`StoreError::Conflict`]).
+    fn commit(&self, writes: &[impl std::borrow::Borrow<Prepared>]) -> Result<(), StoreError> {
         let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
-        let _gate = self.gate.transaction();
+        let gate = self.gate.transaction();
         let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
-            if sessions.get(key.as_bytes())?.map(|v| version_of(&v)) != expected {
-                return Err(ConflictableTransactionError::Abort(()));
-            }
-            sessions.remove(key.as_bytes())?;
-            if let Some(at) = event {
-                schedule.remove(schedule_key(at, &key))?;
-            }
-            let index = [user, sid, sub];
-            for (tree, k) in &entries {
-                index[*tree].remove(k.as_slice())?;
+            for w in writes.iter().map(std::borrow::Borrow::borrow) {
+                let key = w.key.as_bytes();
+                if sessions.get(key)?.map(|v| version_of(&v)) != w.expected {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                match &w.value {
+                    Some(value) => sessions.insert(key, value.as_slice())?,
+                    None => sessions.remove(key)?,
+                };
+                if w.old_event != w.new_event {
+                    if let Some(at) = w.old_event {
+                        schedule.remove(schedule_key(at, &w.key))?;
+                    }
+                    if let Some(at) = w.new_event {
+                        schedule.insert(schedule_key(at, &w.key), &[])?;
+                    }
+                }
+                let index = [user, sid, sub];
+                for (tree, k) in w.removed.iter().filter(|e| !w.added.contains(e)) {
+                    index[*tree].remove(k.as_slice())?;
+                }
+                for (tree, k) in w.added.iter().filter(|e| !w.removed.contains(e)) {
+                    index[*tree].insert(k.as_slice(), &[])?;
+                }
             }
             Ok(())
         });
+        drop(gate);
         map_tx(result)?;
-        self.unclaim(&[key]);
+        let keys: Vec<SessionKey> = writes.iter().map(|w| w.borrow().key).collect();
+        self.unclaim(&keys);
         Ok(())
     }
 
@@ -503,6 +561,10 @@ impl Store for SledStore {
 
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
         SledStore::purge(self, key, now)
+    }
+
+    async fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        SledStore::write_all(self, writes)
     }
 
     async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
@@ -721,6 +783,58 @@ mod tests {
         }
         let flushes = store.flushes();
         assert!((1..64).contains(&flushes), "64 callers shared {flushes} flushes");
+    }
+
+    fn local(n: u8) -> Session {
+        let new = bff_session_core::NewSession {
+            id: bff_session_core::SessionId::from_random_bytes([n; 32]),
+            user: bff_session_core::UserId::new(format!("user{n}")),
+            login: bff_session_core::Login::Local,
+            device: bff_session_core::Device::default(),
+        };
+        bff_session_core::lifecycle::create(&new, Timestamp::from_millis(1), &Policy::hardened()).outcome
+    }
+
+    fn revoked(s: &Session) -> Session {
+        let mut s = s.clone();
+        let reason = bff_session_core::RevocationReason::Logout;
+        let _ =
+            bff_session_core::lifecycle::revoke(Some(&mut s), reason, Timestamp::from_millis(2), &Policy::hardened());
+        s
+    }
+
+    /// Writes committed together still answer one by one: a stale one is refused alone, and the others
+    /// are written with their index changes.
+    #[test]
+    fn a_batch_with_a_stale_write_refuses_that_one_and_writes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), TokenSealer::from_key([3; 32]), Policy::hardened(), 1 << 20).unwrap();
+        let sessions: Vec<Session> = (1..=40).map(local).collect();
+        for s in &sessions {
+            store.put(None, s).unwrap();
+        }
+        // Someone else ends session 7 first, so the batch's write of it is stale.
+        let (stale, theirs) = (&sessions[7], revoked(&sessions[7]));
+        store.put(Some(stale), &theirs).unwrap();
+        let ended: Vec<Session> = sessions.iter().map(revoked).collect();
+        let writes: Vec<Write<'_>> =
+            sessions.iter().zip(&ended).map(|(previous, new)| Write::Put { previous: Some(previous), new }).collect();
+        let results = store.write_all(&writes);
+        for (i, result) in results.iter().enumerate() {
+            let expected = if i == 7 { Err(StoreError::Conflict) } else { Ok(()) };
+            assert_eq!(*result, expected, "write {i}");
+        }
+        for (i, s) in ended.iter().enumerate() {
+            let user = Lookup::User(s.user().clone());
+            assert!(store.keys(&user).unwrap().is_empty(), "session {i} still indexed as active");
+        }
+        let theirs_version = store.get(&theirs.key()).unwrap().map(|s| s.version());
+        assert_eq!(theirs_version, Some(theirs.version()), "the stale write replaced the newer record");
+        // Removals go together too.
+        let removals: Vec<Write<'_>> =
+            ended.iter().filter(|s| s.key() != theirs.key()).map(|previous| Write::Delete { previous }).collect();
+        assert!(store.write_all(&removals).iter().all(Result::is_ok));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

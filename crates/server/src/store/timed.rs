@@ -8,7 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bff_session_core::{LoginKey, Lookup, PendingLogin, Session, SessionKey, Timestamp};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Write};
 use crate::metrics::{StoreOp, StoreTimes};
 
 #[derive(Debug)]
@@ -50,6 +50,10 @@ impl Store for Timed {
 
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
         self.timed(StoreOp::Delete, self.inner.purge(key, now)).await
+    }
+
+    async fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+        self.timed(StoreOp::Batch, self.inner.write_all(writes)).await
     }
 
     async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
