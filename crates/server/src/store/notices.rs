@@ -1,12 +1,13 @@
-//! PostgreSQL's opt-in cached mode: this replica's copy of the records it has read, kept true by the
-//! change notices every write to `bff_sessions` sends (`LISTEN`/`NOTIFY`).
+//! A copy of the records a process has read, kept true by notices of change: PostgreSQL's opt-in cached
+//! mode, where every write to `bff_sessions` sends one (`LISTEN`/`NOTIFY`), and sled, which only this
+//! process opens, so its own writes are all the notices there are.
 //!
-//! Owns the cache, the listening connection and what is dropped when. A record is answered from here only
-//! while the connection listens; losing it empties the cache and every check reads the database again until
-//! it is back. An entry read from the database is kept only if no notice for its part of the cache arrived
-//! while it was being read, so a notice is never overtaken by the read it should have cancelled. The cache
-//! is only ever asked by [`Store::get_for_check`](super::Store::get_for_check): every write still reads
-//! the database and compares its version. It decides nothing about a session.
+//! Owns the cache, PostgreSQL's listening connection and what is dropped when. A record is answered from
+//! here only while notices arrive; losing PostgreSQL's connection empties the cache and every check reads
+//! the database again until it is back. An entry read from the store is kept only if no notice for its part
+//! of the cache arrived while it was being read, so a notice is never overtaken by the read it should have
+//! cancelled. The cache is only ever asked by [`Store::get_for_check`](super::Store::get_for_check): every
+//! write still reads the store and compares its version. It decides nothing about a session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,6 +51,14 @@ impl Notices {
             seen: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
         })
+    }
+
+    /// A copy whose notices are its owner's own writes (sled's, as only this process opens it): it
+    /// answers from the start, and nothing turns it off.
+    pub(super) fn of_own_writes() -> Arc<Self> {
+        let copy = Self::new();
+        copy.listening.store(true, Ordering::Release);
+        copy
     }
 
     fn shard(key: &SessionKey) -> usize {

@@ -19,6 +19,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Tree};
 
 use super::maintenance::{Maintenance, Progress, Resealed, Scanned, VerifyReport};
+use super::notices::Notices;
 use super::{Decoded, Store, StoreError, Write};
 use crate::seal::TokenSealer;
 
@@ -50,6 +51,9 @@ pub struct SledStore {
     sealer: TokenSealer,
     policy: Policy,
     decoded: Decoded,
+    /// The records requests are checked against, kept true by every write below: a check costs no read
+    /// of sled, which only this process opens.
+    copy: Arc<Notices>,
     /// Due keys a pass holds (see [`Store::due`]); in memory, as only this process opens the database.
     claimed: Mutex<HashSet<SessionKey>>,
     /// Keeps transactions and flushes apart; see [`Gate`].
@@ -223,6 +227,7 @@ impl SledStore {
             sealer,
             policy,
             decoded: Decoded::default(),
+            copy: Notices::of_own_writes(),
             claimed: Mutex::default(),
             gate,
             flusher: Some(flusher),
@@ -370,13 +375,14 @@ impl SledStore {
         drop(gate);
         map_tx(result)?;
         let keys: Vec<SessionKey> = writes.iter().map(|w| w.borrow().key).collect();
-        self.unclaim(&keys);
+        self.changed(&keys);
         Ok(())
     }
 
     /// Removes whatever is under `key` and its schedule entries due by `now`.
     pub fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
         self.sessions.remove(key.as_bytes())?;
+        self.copy.forget(key);
         let end = schedule_key(now, key);
         for item in self.schedule.range(..=end) {
             let (k, _) = item?;
@@ -415,6 +421,29 @@ impl SledStore {
             }
         }
         Ok(keys)
+    }
+
+    /// Records under `keys` were written: checks stop answering them from the copy, and passes may claim
+    /// them again.
+    fn changed(&self, keys: &[SessionKey]) {
+        for key in keys {
+            self.copy.forget(key);
+        }
+        self.unclaim(keys);
+    }
+
+    /// The record under `key` for a check: from the copy, or from sled (then kept, unless a write to its part
+    /// of the copy came meanwhile).
+    pub fn get_for_check(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        let ticket = match self.copy.get(key) {
+            Ok(session) => return Ok(Some(session)),
+            Err(ticket) => ticket,
+        };
+        let session = self.get(key)?;
+        if let Some(s) = &session {
+            self.copy.fill(*key, s.clone(), ticket);
+        }
+        Ok(session)
     }
 
     fn unclaim(&self, keys: &[SessionKey]) {
@@ -551,6 +580,10 @@ impl Store for SledStore {
         SledStore::get(self, key)
     }
 
+    async fn get_for_check(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        SledStore::get_for_check(self, key)
+    }
+
     async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
         SledStore::put(self, previous, new)
     }
@@ -655,6 +688,7 @@ impl Maintenance for SledStore {
                 }
                 if repair && !matches!(decoded, Err(record::DecodeError::Seal(_))) {
                     self.sessions.remove(&k)?;
+                    self.copy.forget(&key);
                 }
                 continue;
             };
@@ -723,7 +757,9 @@ impl Maintenance for SledStore {
         let mut value = stored.get(..8).unwrap_or_default().to_vec();
         value.extend_from_slice(&record::encode(&session, &self.sealer));
         let _gate = self.gate.transaction();
-        match self.sessions.compare_and_swap(key.as_bytes(), Some(stored), Some(value))? {
+        let swapped = self.sessions.compare_and_swap(key.as_bytes(), Some(stored), Some(value))?;
+        self.copy.forget(key);
+        match swapped {
             Ok(()) => Ok(Resealed::Resealed),
             Err(_) => Err(StoreError::Conflict),
         }
@@ -835,6 +871,27 @@ mod tests {
             ended.iter().filter(|s| s.key() != theirs.key()).map(|previous| Write::Delete { previous }).collect();
         assert!(store.write_all(&removals).iter().all(Result::is_ok));
         assert_eq!(store.len(), 1);
+    }
+
+    /// Checks are answered from memory, and every write reaches them before it returns.
+    #[test]
+    fn a_check_sees_each_write_as_soon_as_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), TokenSealer::from_key([3; 32]), Policy::hardened(), 1 << 20).unwrap();
+        let version = |store: &SledStore, s: &Session| store.get_for_check(&s.key()).unwrap().map(|s| s.version());
+        let s = local(1);
+        assert_eq!(version(&store, &s), None);
+        store.put(None, &s).unwrap();
+        assert_eq!(version(&store, &s), Some(s.version()));
+        assert_eq!(version(&store, &s), Some(s.version()), "answered from the copy");
+        let ended = revoked(&s);
+        store.put(Some(&s), &ended).unwrap();
+        assert_eq!(version(&store, &s), Some(ended.version()), "a check saw the record before the logout");
+        let again = revoked(&ended);
+        assert_eq!(store.write_all(&[Write::Put { previous: Some(&ended), new: &again }]), [Ok(())]);
+        assert_eq!(version(&store, &s), Some(again.version()));
+        store.delete(&again).unwrap();
+        assert_eq!(version(&store, &s), None, "a deleted record still answered");
     }
 
     #[test]
