@@ -31,10 +31,11 @@ pub enum SessionsCommand {
     /// End sessions, durably, and revoke their refresh tokens at the provider.
     Revoke {
         /// Every active session of this user.
-        #[arg(long, conflicts_with = "handle", required_unless_present = "handle")]
+        // A subject or a handle (base64url) may begin with `-`; without this, clap takes it for a flag.
+        #[arg(long, conflicts_with = "handle", required_unless_present = "handle", allow_hyphen_values = true)]
         user: Option<String>,
         /// The session with this handle (as `sessions list` and the device list show it).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         handle: Option<String>,
         #[command(flatten)]
         provider: ProviderArgs,
@@ -210,4 +211,32 @@ async fn find_handle(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::SessionsCommand;
+    use crate::admin::AdminCommand;
+    use crate::config::{Cli, Command};
+
+    fn revoke(args: &[&str]) -> (Option<String>, Option<String>) {
+        let base = ["bff-session", "admin", "sessions", "revoke", "--issuer", "http://127.0.0.1:1", "--client-id", "c"];
+        let cli = Cli::try_parse_from(base.iter().chain(["--client-secret", "s"].iter()).chain(args)).unwrap();
+        match cli.command {
+            Command::Admin(a) => match a.command {
+                AdminCommand::Sessions(SessionsCommand::Revoke { user, handle, .. }) => (user, handle),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// One handle in 64 begins with `-` (base64url); it is a value, never mistaken for a flag.
+    #[test]
+    fn a_handle_or_a_user_may_begin_with_a_hyphen() {
+        assert_eq!(revoke(&["--handle", "-6eptbuESrOe7hQgO2QMvw"]).1.as_deref(), Some("-6eptbuESrOe7hQgO2QMvw"));
+        assert_eq!(revoke(&["--user", "-bob"]).0.as_deref(), Some("-bob"));
+    }
 }
