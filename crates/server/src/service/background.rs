@@ -22,8 +22,9 @@ impl Service {
     /// One sweep over the records whose scheduled event has come, each read once and judged by core
     /// (`background::visit`): tombstones past retention and unreadable records are deleted, sessions past a
     /// deadline expire, and those due for a background refresh are listed. Visits at most 10,000 records,
-    /// and writes them together ([`Store::write_all`](crate::store::Store::write_all)): one commit for the
-    /// pass. A record written meanwhile by anyone else is visited again on its own.
+    /// and hands their writes to the store together ([`Store::write_all`](crate::store::Store::write_all)),
+    /// which commits them in groups (sled: sixteen to a transaction). A record written meanwhile by anyone
+    /// else is visited again on its own.
     pub async fn sweep(self: &Arc<Self>) -> Result<Applied<TickReport>, ServiceError> {
         let now = self.clock.now();
         let due = self.store.due(now, PASS_LIMIT).await?;

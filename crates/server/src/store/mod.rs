@@ -133,8 +133,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError>;
 
     /// Carries out `writes`, each as [`Store::put`], [`Store::delete`] or [`Store::purge`] would, and
-    /// answers each one's result in order. A backend may commit them together (sled does, in one
-    /// transaction), so a background pass costs one commit instead of one per record; a conflict on any
+    /// answers each one's result in order. A backend may commit them together (sled does, sixteen to a
+    /// transaction), so a background pass costs a few commits instead of one per record; a conflict on any
     /// record must still leave the others written and answer [`StoreError::Conflict`] for that one alone.
     async fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
         let mut results = Vec::with_capacity(writes.len());
@@ -207,15 +207,6 @@ impl<'a> Write<'a> {
             (None, _) if delete => Some(Self::Purge { key, now }),
             (_, Some(new)) if persist => Some(Self::Put { previous, new }),
             _ => None,
-        }
-    }
-
-    /// The record this write is about.
-    pub fn key(&self) -> SessionKey {
-        match self {
-            Self::Put { new, .. } => new.key(),
-            Self::Delete { previous } => previous.key(),
-            Self::Purge { key, .. } => *key,
         }
     }
 

@@ -128,12 +128,17 @@ pub(super) async fn listen(
     notices: Arc<Notices>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST;
     loop {
         let session = tokio::select! {
             _ = &mut stop => return,
             r = listen_once(&config, &notices) => r,
         };
+        // A connection that got as far as listening was a success: the next loss starts the backoff over.
+        if notices.is_listening() {
+            backoff = FIRST;
+        }
         notices.forget_all(false);
         match session {
             Ok(()) => warn!("the change-notice connection closed; the cache is off until it is back"),
