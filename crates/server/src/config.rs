@@ -134,7 +134,9 @@ pub struct Common {
     /// crate's README for the format; `bff-session-conformance check-trace` checks it).
     #[arg(long, env = "BFF_SESSION_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
-    /// Memory for sled's page cache, in MiB.
+    /// Memory for the store's caches, in MiB: with sled, half for its page cache and half for the decoded
+    /// records reads are answered from; with PostgreSQL, the decoded records (shared with `--postgres-cache`'s
+    /// copy).
     #[arg(long, env = "BFF_SESSION_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
     /// Largest request body the API proxy forwards, in bytes; larger ones get 413 before they are read.

@@ -151,7 +151,7 @@ pub async fn start_with_shutdown(
         settings.store.clone().unwrap_or_else(|| store::Location::Sled(settings.data_dir.join("sessions.sled")));
     let store: Arc<dyn store::Store> = match &location {
         store::Location::Postgres(url) if settings.postgres_cache => Arc::new(
-            store::PgStore::connect(url, sealer, settings.policy.clone())
+            store::PgStore::connect(url, sealer, settings.policy.clone(), settings.cache_bytes)
                 .await
                 .map_err(StartError::Store)?
                 .with_change_notices(),

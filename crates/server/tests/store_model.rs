@@ -182,7 +182,7 @@ impl Backend for PostgresCached {
         let store = rt.block_on(async {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
-            let store = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap();
+            let store = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone(), 64 << 20).await.unwrap();
             client.batch_execute("TRUNCATE bff_sessions, bff_logins, bff_jtis").await.unwrap();
             store.with_change_notices()
         });
@@ -277,7 +277,8 @@ fn migrations_are_versioned_and_idempotent() {
     let location = Location::Postgres(url);
     for _ in 0..3 {
         let Location::Postgres(url) = &location else { unreachable!() };
-        let pg = rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened())).unwrap();
+        let pg =
+            rt.block_on(PgStore::connect(url, TokenSealer::from_key([3; 32]), Policy::hardened(), 64 << 20)).unwrap();
         assert_eq!(rt.block_on(pg.applied_migrations()).unwrap(), vec![1, 2, 3, 4]);
     }
 }
@@ -444,9 +445,11 @@ fn a_cached_replica_is_told_of_changes_by_notice() {
         let policy = Policy::hardened();
         let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(conn);
-        let a = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap();
-        let b =
-            PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone()).await.unwrap().with_change_notices();
+        let a = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone(), 64 << 20).await.unwrap();
+        let b = PgStore::connect(&url, TokenSealer::from_key([3; 32]), policy.clone(), 64 << 20)
+            .await
+            .unwrap()
+            .with_change_notices();
         let listening = |b: &PgStore| b.is_listening();
         for _ in 0..200 {
             if listening(&b) {

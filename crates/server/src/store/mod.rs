@@ -110,7 +110,8 @@ impl Location {
 /// transitions and calls [`Store::put`] or [`Store::delete`] because an effect says so.
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
-    /// The record under `key`. Always asks the backend, so a write by any replica is seen at once.
+    /// The record under `key`. A write by any replica is seen at once: the backend is asked, or a copy that is
+    /// exact (sled's, as every write to it is this process's own and drops what it changes).
     async fn get(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError>;
 
     /// The record under `key`, for a check that writes nothing (a request's authentication). It is
@@ -229,7 +230,7 @@ pub async fn open(
 ) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
         Location::Sled(path) => Arc::new(SledStore::open(path, sealer, policy, cache_bytes)?),
-        Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy).await?),
+        Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy, cache_bytes).await?),
     })
 }
 
@@ -242,21 +243,32 @@ pub async fn open_for_maintenance(
 ) -> Result<Arc<dyn Maintenance>, StoreError> {
     Ok(match location {
         Location::Sled(path) => Arc::new(SledStore::open(path, sealer, policy, cache_bytes)?),
-        Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy).await?),
+        Location::Postgres(url) => Arc::new(PgStore::connect(url, sealer, policy, cache_bytes).await?),
     })
 }
 
 /// Decoded records by key and version. A backend still reads the stored version on every `get` and uses an
 /// entry only while it is exactly what is stored; it saves the decode and the token decryption.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Decoded {
     entries: RwLock<HashMap<SessionKey, (u64, Arc<Session>)>>,
+    capacity: usize,
 }
 
-/// Decoded records kept, at most (about 2.5 KB each).
-const DECODED_CAPACITY: usize = 10_000;
+/// What one decoded record costs in memory, about: an OIDC session with its tokens, and its place in a map.
+const RECORD_BYTES: u64 = 2_560;
+
+/// How many decoded records `bytes` of the `--cache-mb` budget hold.
+pub(crate) fn records_in(bytes: u64) -> usize {
+    usize::try_from(bytes / RECORD_BYTES).unwrap_or(usize::MAX)
+}
 
 impl Decoded {
+    /// Keeps at most `capacity` records; none for 0.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self { entries: RwLock::default(), capacity }
+    }
+
     pub(crate) fn get(&self, key: &SessionKey, version: u64) -> Option<Arc<Session>> {
         let cache = self.entries.read().ok()?;
         cache.get(key).filter(|(v, _)| *v == version).map(|(_, s)| s.clone())
@@ -268,8 +280,11 @@ impl Decoded {
     }
 
     pub(crate) fn insert(&self, key: SessionKey, version: u64, session: Arc<Session>) {
+        if self.capacity == 0 {
+            return;
+        }
         if let Ok(mut cache) = self.entries.write() {
-            if cache.len() >= DECODED_CAPACITY
+            if cache.len() >= self.capacity
                 && let Some(evict) = cache.keys().next().copied()
             {
                 cache.remove(&evict);

@@ -25,12 +25,11 @@ pub(super) const CHANNEL: &str = "bff_sessions_changed";
 /// Parts of the cache, each with its own lock and its own count of notices.
 const SHARDS: usize = 64;
 
-/// Records kept, at most (about 2.5 KB each); a full part is emptied rather than tracked for recency.
-const CAPACITY: usize = 100_000;
-
 #[derive(Debug)]
 pub(super) struct Notices {
     shards: Vec<Mutex<HashMap<SessionKey, Arc<Session>>>>,
+    /// Records each part keeps, at most; a full part is emptied rather than tracked for recency.
+    per_shard: usize,
     /// Notices seen per part: a read that began before a notice does not fill the cache.
     seen: Vec<AtomicU64>,
     listening: AtomicBool,
@@ -45,9 +44,11 @@ pub(super) struct Ticket {
 }
 
 impl Notices {
-    pub(super) fn new() -> Arc<Self> {
+    /// A copy of at most `capacity` records (rounded down to a whole number per part; none below that).
+    pub(super) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: capacity / SHARDS,
             seen: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             listening: AtomicBool::new(false),
         })
@@ -55,8 +56,8 @@ impl Notices {
 
     /// A copy whose notices are its owner's own writes (sled's, as only this process opens it): it
     /// answers from the start, and nothing turns it off.
-    pub(super) fn of_own_writes() -> Arc<Self> {
-        let copy = Self::new();
+    pub(super) fn of_own_writes(capacity: usize) -> Arc<Self> {
+        let copy = Self::new(capacity);
         copy.listening.store(true, Ordering::Release);
         copy
     }
@@ -80,7 +81,7 @@ impl Notices {
 
     /// Keeps what the database answered, unless a notice for this part arrived since the ticket was taken.
     pub(super) fn fill(&self, key: SessionKey, session: Arc<Session>, ticket: Ticket) {
-        if !self.listening.load(Ordering::Acquire) {
+        if !self.listening.load(Ordering::Acquire) || self.per_shard == 0 {
             return;
         }
         let Ok(mut map) = self.shards[ticket.shard].lock() else { return };
@@ -88,7 +89,7 @@ impl Notices {
         if self.seen[ticket.shard].load(Ordering::Acquire) != ticket.seen {
             return;
         }
-        if map.len() >= CAPACITY / SHARDS {
+        if map.len() >= self.per_shard {
             map.clear();
         }
         map.insert(key, session);
@@ -212,8 +213,14 @@ mod tests {
     use super::*;
 
     fn session() -> Arc<Session> {
+        numbered(7)
+    }
+
+    fn numbered(n: u32) -> Arc<Session> {
+        let mut id = [7; 32];
+        id[..4].copy_from_slice(&n.to_be_bytes());
         let new = bff_session_core::NewSession {
-            id: bff_session_core::SessionId::from_random_bytes([7; 32]),
+            id: bff_session_core::SessionId::from_random_bytes(id),
             user: bff_session_core::UserId::new("u"),
             login: bff_session_core::Login::Local,
             device: bff_session_core::Device::default(),
@@ -226,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_read_overtaken_by_a_notice_is_not_kept() {
-        let notices = Notices::new();
+        let notices = Notices::new(1_000);
         let s = session();
         let key = s.key();
         // Not listening yet: nothing is kept.
@@ -245,6 +252,30 @@ mod tests {
         assert!(notices.get(&key).is_ok());
         notices.forget_all(false);
         assert!(notices.get(&key).is_err(), "answered from memory while not listening");
+    }
+
+    fn held(copy: &Notices) -> usize {
+        copy.shards.iter().map(|m| m.lock().unwrap().len()).sum()
+    }
+
+    /// The copy's share of `--cache-mb` bounds it, however many records are read.
+    #[test]
+    fn a_copy_never_holds_more_than_its_capacity() {
+        let copy = Notices::of_own_writes(640);
+        for n in 0..20_000 {
+            let s = numbered(n);
+            let ticket = copy.get(&s.key()).unwrap_err();
+            copy.fill(s.key(), s, ticket);
+            assert!(held(&copy) <= 640);
+        }
+        assert!(held(&copy) > 0, "the copy keeps what it is given");
+
+        let none = Notices::of_own_writes(SHARDS - 1);
+        let s = session();
+        let ticket = none.get(&s.key()).unwrap_err();
+        none.fill(s.key(), s.clone(), ticket);
+        assert_eq!(held(&none), 0, "too small a budget for one record a part keeps none");
+        assert!(none.get(&s.key()).is_err());
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct PgStore {
     sealer: TokenSealer,
     policy: Policy,
     decoded: Decoded,
+    /// The `--cache-mb` budget for `decoded` (and the cached mode's copy).
+    cache_bytes: u64,
     /// The shared read connections ([`READERS`]); an empty or closed place is filled from the pool.
     readers: Vec<Mutex<Option<Arc<deadpool_postgres::Object>>>>,
     next_reader: AtomicUsize,
@@ -156,7 +158,8 @@ fn signed(v: u64) -> i64 {
 
 impl PgStore {
     /// Connects, and applies the migrations this database has not seen.
-    pub async fn connect(url: &str, sealer: TokenSealer, policy: Policy) -> Result<Self, StoreError> {
+    /// `cache_bytes` bounds the decoded records this replica keeps (and, in the cached mode, its copy).
+    pub async fn connect(url: &str, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(io)?;
         config.connect_timeout(Duration::from_secs(5));
         let timeouts = Timeouts {
@@ -178,7 +181,8 @@ impl PgStore {
             pool,
             sealer,
             policy,
-            decoded: Decoded::default(),
+            decoded: Decoded::with_capacity(super::records_in(cache_bytes)),
+            cache_bytes,
             readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
             next_reader: AtomicUsize::new(0),
             config,
@@ -193,7 +197,11 @@ impl PgStore {
     /// ended on another replica is refused here once its notice arrives (see BENCHMARKS.md for how long that
     /// takes), not at once. Needs a Tokio runtime.
     pub fn with_change_notices(mut self) -> Self {
-        let notices = Notices::new();
+        // The budget is shared: half for the copy checks are answered from, half for the decoded records
+        // that writes start from.
+        let half = self.cache_bytes / 2;
+        self.decoded = Decoded::with_capacity(super::records_in(half));
+        let notices = Notices::new(super::records_in(self.cache_bytes - half));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(notices::listen(self.config.clone(), notices.clone(), stopped));
         self.notices = Some((notices, stop));
