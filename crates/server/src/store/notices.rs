@@ -6,8 +6,9 @@
 //! here only while notices arrive; losing PostgreSQL's connection empties the cache and every check reads
 //! the database again until it is back. An entry read from the store is kept only if no notice for its part
 //! of the cache arrived while it was being read, so a notice is never overtaken by the read it should have
-//! cancelled. The cache is only ever asked by [`Store::get_for_check`](super::Store::get_for_check): every
-//! write still reads the store and compares its version. It decides nothing about a session.
+//! cancelled. PostgreSQL asks it only for [`Store::get_for_check`](super::Store::get_for_check), so every write
+//! there reads the database; sled, whose copy is exact, asks it for every read, and a write's compare-and-swap
+//! on the version it read still catches any race. It decides nothing about a session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
