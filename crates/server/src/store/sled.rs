@@ -568,6 +568,11 @@ impl Store for SledStore {
         SledStore::get(self, key)
     }
 
+    // The copy already answers `get`; this only spares a check the extra future of the trait's default.
+    async fn get_for_check(&self, key: &SessionKey) -> Result<Option<Arc<Session>>, StoreError> {
+        SledStore::get(self, key)
+    }
+
     async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
         SledStore::put(self, previous, new)
     }
