@@ -375,8 +375,18 @@ impl SledStore {
             Ok(())
         });
         drop(gate);
-        map_tx(result)?;
         let keys: Vec<SessionKey> = writes.iter().map(|w| w.borrow().key).collect();
+        if let Err(e) = map_tx(result) {
+            // Between another writer's commit and its `changed`, the copy still answers the record that
+            // writer replaced. A conflict is the proof: the caller's retry must read sled, or it could
+            // meet the same stale answer on every attempt.
+            if e == StoreError::Conflict {
+                for key in &keys {
+                    self.copy.forget(key);
+                }
+            }
+            return Err(e);
+        }
         self.changed(&keys);
         Ok(())
     }
@@ -884,6 +894,27 @@ mod tests {
         assert_eq!(version(&store, &s), Some(again.version()));
         store.delete(&again).unwrap();
         assert_eq!(version(&store, &s), None, "a deleted record still answered");
+    }
+
+    /// A write that meets a newer record than the one it read leaves the next read to sled: until the
+    /// writer of that record updates the copy, the copy still answers the old one, and a retry that read it
+    /// again would conflict again.
+    #[test]
+    fn a_conflict_sends_the_next_read_to_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), TokenSealer::from_key([3; 32]), Policy::hardened(), 1 << 20).unwrap();
+        let s = local(1);
+        store.put(None, &s).unwrap();
+        assert_eq!(store.get(&s.key()).unwrap().map(|s| s.version()), Some(s.version()));
+        // Another writer's commit, caught before it told the copy (written behind the store's back).
+        let theirs = revoked(&s);
+        let mut value = theirs.version().to_be_bytes().to_vec();
+        value.extend_from_slice(&record::encode(&theirs, &store.sealer));
+        store.sessions.insert(s.key().as_bytes(), value).unwrap();
+        let mine = revoked(&s);
+        assert_eq!(store.put(Some(&s), &mine), Err(StoreError::Conflict));
+        let read = store.get(&s.key()).unwrap().map(|s| s.version());
+        assert_eq!(read, Some(theirs.version()), "the retry read the record the conflict replaced");
     }
 
     #[test]
