@@ -83,20 +83,60 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// exclusively, which (the lock being fair to writers) blocks the log writer that the flush waits for. So
 /// no flush may run while a transaction waits, and none outside this gate: sled's background flusher is off
 /// and a thread of ours flushes through the gate instead. Transactions share the gate; a flush holds it alone.
+///
+/// A flush lasts as long as the disk's fsync. A task that meets one waits for [`Gate::reopened`] rather
+/// than on the lock, so the runtime's workers go on serving everything else (every read) meanwhile.
 #[derive(Default)]
 struct Gate {
     lock: std::sync::RwLock<()>,
+    reopened: tokio::sync::Notify,
     stopping: std::sync::atomic::AtomicBool,
 }
 
+/// Proof that the gate is held open for a transaction; every function that starts one asks for it.
+struct Entered<'a> {
+    _open: std::sync::RwLockReadGuard<'a, ()>,
+}
+
 impl Gate {
-    fn transaction(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.lock.read().unwrap_or_else(PoisonError::into_inner)
+    /// Waits on the lock: for callers that are not tasks of a runtime (tests, benchmarks, tools).
+    fn transaction(&self) -> Entered<'_> {
+        Entered { _open: self.lock.read().unwrap_or_else(PoisonError::into_inner) }
+    }
+
+    /// Waits for a flush under way without holding the worker.
+    async fn enter(&self) -> Entered<'_> {
+        loop {
+            if let Some(entered) = self.try_enter() {
+                return entered;
+            }
+            let reopened = self.reopened.notified();
+            let mut reopened = std::pin::pin!(reopened);
+            // Registered before the second try, so a flush that ends between the two still wakes this one.
+            reopened.as_mut().enable();
+            if let Some(entered) = self.try_enter() {
+                return entered;
+            }
+            reopened.await;
+        }
+    }
+
+    /// The gate, unless a flush holds it or waits for it (the lock lets no reader overtake a waiting writer).
+    fn try_enter(&self) -> Option<Entered<'_>> {
+        match self.lock.try_read() {
+            Ok(guard) => Some(Entered { _open: guard }),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(Entered { _open: p.into_inner() }),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     fn flush(&self, db: &Db) -> sled::Result<usize> {
-        let _alone = self.lock.write().unwrap_or_else(PoisonError::into_inner);
-        db.flush()
+        let result = {
+            let _alone = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+            db.flush()
+        };
+        self.reopened.notify_waiters();
+        result
     }
 }
 
@@ -275,23 +315,24 @@ impl SledStore {
     /// Writes `new` if the stored record is still `previous` (compare-and-swap on the version), updating
     /// the schedule and indexes in the same transaction.
     pub fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
-        self.commit(&[self.prepare_put(previous, new)])
+        let prepared = self.prepare_put(previous, new);
+        self.commit(&self.gate.transaction(), &[prepared])
     }
 
     /// Removes a tombstone if it is still `previous`.
     pub fn delete(&self, previous: &Session) -> Result<(), StoreError> {
-        self.commit(&[self.prepare_delete(previous)])
+        self.commit(&self.gate.transaction(), &[self.prepare_delete(previous)])
     }
 
     /// Carries out `writes`, sixteen to a transaction (see `TOGETHER`).
     pub fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
-        writes.chunks(TOGETHER).flat_map(|chunk| self.write_together(chunk)).collect()
+        writes.chunks(TOGETHER).flat_map(|chunk| self.write_together(&self.gate.transaction(), chunk)).collect()
     }
 
     /// Carries out `writes` in one transaction; when one of them conflicts (the transaction then writes
     /// nothing), each on its own, so that one alone is refused. Purges are not compare-and-swap writes and
     /// go on their own after the others.
-    fn write_together(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
+    fn write_together(&self, entered: &Entered<'_>, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
         let prepared: Vec<Option<Prepared>> = writes
             .iter()
             .map(|w| match *w {
@@ -301,13 +342,13 @@ impl SledStore {
             })
             .collect();
         let together: Vec<&Prepared> = prepared.iter().flatten().collect();
-        let joint = if together.is_empty() { Ok(()) } else { self.commit(&together) };
+        let joint = if together.is_empty() { Ok(()) } else { self.commit(entered, &together) };
         writes
             .iter()
             .zip(&prepared)
             .map(|(write, prepared)| match (write, prepared) {
                 (Write::Purge { key, now }, _) => self.purge(key, *now),
-                (_, Some(one)) if joint == Err(StoreError::Conflict) => self.commit(&[one]),
+                (_, Some(one)) if joint == Err(StoreError::Conflict) => self.commit(entered, &[one]),
                 _ => joint.clone(),
             })
             .collect()
@@ -343,9 +384,8 @@ impl SledStore {
 
     /// Commits prepared writes in one transaction: all of them, or none when any record is no longer the
     /// version its write expects ([`StoreError::Conflict`]).
-    fn commit(&self, writes: &[impl std::borrow::Borrow<Prepared>]) -> Result<(), StoreError> {
+    fn commit(&self, _: &Entered<'_>, writes: &[impl std::borrow::Borrow<Prepared>]) -> Result<(), StoreError> {
         let trees = (&self.sessions, &self.schedule, &self.by_user, &self.by_sid, &self.by_sub);
-        let gate = self.gate.transaction();
         let result = trees.transaction(|(sessions, schedule, user, sid, sub)| {
             for w in writes.iter().map(std::borrow::Borrow::borrow) {
                 let key = w.key.as_bytes();
@@ -374,7 +414,6 @@ impl SledStore {
             }
             Ok(())
         });
-        drop(gate);
         let keys: Vec<SessionKey> = writes.iter().map(|w| w.borrow().key).collect();
         if let Err(e) = map_tx(result) {
             // Between another writer's commit and its `changed`, the copy still answers the record that
@@ -454,16 +493,24 @@ impl SledStore {
     /// Saves a pending login, then evicts the oldest beyond `capacity`: the entries of the order tree at
     /// least `capacity` places behind this one. Returns how many it evicted.
     pub fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError> {
+        self.put_login_in(&self.gate.transaction(), key, login, capacity)
+    }
+
+    fn put_login_in(
+        &self,
+        _: &Entered<'_>,
+        key: &LoginKey,
+        login: &PendingLogin,
+        capacity: usize,
+    ) -> Result<usize, StoreError> {
         let seq = self.login_seq.fetch_add(1, Ordering::Relaxed);
         let mut entry = key.as_bytes().to_vec();
         entry.extend_from_slice(&login.expires_at.as_millis().to_be_bytes());
-        let gate = self.gate.transaction();
         let result = (&self.logins, &self.login_order).transaction(|(logins, order)| {
             logins.insert(key.as_bytes().as_slice(), login.encode())?;
             order.insert(seq.to_be_bytes().as_slice(), entry.as_slice())?;
             Ok::<_, ConflictableTransactionError<()>>(())
         });
-        drop(gate);
         map_tx(result)?;
         let Some(bound) = seq.checked_sub(capacity.max(1) as u64) else { return Ok(0) };
         let mut evicted = 0;
@@ -510,8 +557,11 @@ impl SledStore {
 
     /// Records a logout token's `jti`; `false` if it was seen before.
     pub fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
+        self.remember_jti_in(&self.gate.transaction(), jti, exp)
+    }
+
+    fn remember_jti_in(&self, _: &Entered<'_>, jti: &str, exp: u64) -> Result<bool, StoreError> {
         let by_exp = jti_exp_key(exp, jti);
-        let _gate = self.gate.transaction();
         let result = (&self.jtis, &self.jtis_by_exp).transaction(|(jtis, by_expiry)| {
             if jtis.get(jti.as_bytes())?.is_some() {
                 return Err(ConflictableTransactionError::Abort(()));
@@ -584,11 +634,13 @@ impl Store for SledStore {
     }
 
     async fn put(&self, previous: Option<&Session>, new: &Session) -> Result<(), StoreError> {
-        SledStore::put(self, previous, new)
+        let prepared = self.prepare_put(previous, new);
+        self.commit(&self.gate.enter().await, &[prepared])
     }
 
     async fn delete(&self, previous: &Session) -> Result<(), StoreError> {
-        SledStore::delete(self, previous)
+        let prepared = self.prepare_delete(previous);
+        self.commit(&self.gate.enter().await, &[prepared])
     }
 
     async fn purge(&self, key: &SessionKey, now: Timestamp) -> Result<(), StoreError> {
@@ -596,7 +648,12 @@ impl Store for SledStore {
     }
 
     async fn write_all(&self, writes: &[Write<'_>]) -> Vec<Result<(), StoreError>> {
-        SledStore::write_all(self, writes)
+        let mut results = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(TOGETHER) {
+            // Entered per transaction, so a flush waits for one group at most.
+            results.extend(self.write_together(&self.gate.enter().await, chunk));
+        }
+        results
     }
 
     async fn keys(&self, lookup: &Lookup) -> Result<Vec<SessionKey>, StoreError> {
@@ -617,7 +674,7 @@ impl Store for SledStore {
     }
 
     async fn put_login(&self, key: &LoginKey, login: &PendingLogin, capacity: usize) -> Result<usize, StoreError> {
-        SledStore::put_login(self, key, login, capacity)
+        self.put_login_in(&self.gate.enter().await, key, login, capacity)
     }
 
     async fn take_login(&self, key: &LoginKey) -> Result<Option<PendingLogin>, StoreError> {
@@ -633,7 +690,7 @@ impl Store for SledStore {
     }
 
     async fn remember_jti(&self, jti: &str, exp: u64) -> Result<bool, StoreError> {
-        SledStore::remember_jti(self, jti, exp)
+        self.remember_jti_in(&self.gate.enter().await, jti, exp)
     }
 
     async fn sweep_jtis(&self, exp: u64) -> Result<usize, StoreError> {
@@ -755,7 +812,7 @@ impl Maintenance for SledStore {
         let session = record::decode(body, &self.sealer).map_err(|error| StoreError::Corrupt { key: *key, error })?;
         let mut value = stored.get(..8).unwrap_or_default().to_vec();
         value.extend_from_slice(&record::encode(&session, &self.sealer));
-        let _gate = self.gate.transaction();
+        let _entered = self.gate.enter().await;
         let swapped = self.sessions.compare_and_swap(key.as_bytes(), Some(stored), Some(value))?;
         self.copy.forget(key);
         match swapped {
@@ -915,6 +972,44 @@ mod tests {
         assert_eq!(store.put(Some(&s), &mine), Err(StoreError::Conflict));
         let read = store.get(&s.key()).unwrap().map(|s| s.version());
         assert_eq!(read, Some(theirs.version()), "the retry read the record the conflict replaced");
+    }
+
+    /// A write that meets a flush waits for it without holding its worker: the runtime here has one, and
+    /// the task that lets the flush end must run on it while the write waits.
+    #[test]
+    fn a_write_that_meets_a_flush_leaves_the_worker_to_other_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SledStore::open(dir.path(), TokenSealer::from_key([3; 32]), Policy::hardened(), 1 << 20).unwrap());
+        let (held, is_held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let gate = store.gate.clone();
+        // Holds the gate as a flush does, until a task on the runtime says so (or, were the worker blocked,
+        // until it gives up).
+        let flush = std::thread::spawn(move || {
+            let alone = gate.lock.write().unwrap();
+            held.send(()).unwrap();
+            let by_a_task = released.recv_timeout(std::time::Duration::from_secs(30)).is_ok();
+            drop(alone);
+            gate.reopened.notify_waiters();
+            by_a_task
+        });
+        is_held.recv().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let s = local(1);
+            let writer = {
+                let store = store.clone();
+                tokio::spawn(async move { Store::put(&*store, None, &s).await })
+            };
+            // The writer runs first and meets the flush.
+            tokio::task::yield_now().await;
+            // Gone only if the flush gave up waiting: the assertion below says why.
+            let _ = release.send(());
+            writer.await.unwrap().unwrap();
+        });
+        assert!(flush.join().unwrap(), "the write held the only worker while the flush ran");
+        assert_eq!(store.len(), 1);
     }
 
     #[test]
