@@ -106,7 +106,54 @@ pub(crate) fn routes(idp: Arc<Inner>) -> BoxedFilter<(Reply,)> {
         .unify()
         .or(backchannel)
         .unify()
+        .recover(refused)
+        .unify()
         .boxed()
+}
+
+/// What no route took, said in JSON like every other answer: an unknown path, a method a route does not
+/// take, or a body or query that does not parse.
+async fn refused(rejection: warp::Rejection) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let (status, error, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not_found", "this provider has no such endpoint".to_owned())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method".to_owned())
+    } else {
+        (StatusCode::BAD_REQUEST, "invalid_request", format!("the request does not parse: {rejection:?}"))
+    };
+    Ok(json_reply(status, &json!({ "error": error, "message": message })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn what_no_route_takes_is_answered_in_json() {
+        let idp = crate::DevIdp::new(crate::Config {
+            issuer: "http://127.0.0.1:1/idp".into(),
+            client_id: "c".into(),
+            client_secret: "s".into(),
+            redirect_uris: Vec::new(),
+            post_logout_redirect_uris: Vec::new(),
+            backchannel_logout_uri: None,
+            access_token_ttl: Duration::from_secs(60),
+        })
+        .unwrap();
+        let routes = idp.routes();
+        for (method, path, body, status, error) in [
+            ("GET", "/nope", "", StatusCode::NOT_FOUND, "not_found"),
+            ("DELETE", "/token", "", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ("POST", "/admin/fail-next-refresh", "{", StatusCode::BAD_REQUEST, "invalid_request"),
+        ] {
+            let r = warp::test::request().method(method).path(path).body(body).reply(&routes).await;
+            assert_eq!(r.status(), status, "{method} {path}");
+            let answer: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+            assert_eq!(answer["error"], error, "{method} {path}");
+        }
+        let r = warp::test::request().path("/.well-known/openid-configuration").reply(&routes).await;
+        assert_eq!(r.status(), StatusCode::OK, "a known route still answers");
+    }
 }
 
 #[derive(Deserialize)]

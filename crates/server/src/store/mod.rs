@@ -247,8 +247,9 @@ pub async fn open_for_maintenance(
     })
 }
 
-/// Decoded records by key and version. A backend still reads the stored version on every `get` and uses an
-/// entry only while it is exactly what is stored; it saves the decode and the token decryption.
+/// Decoded records by key and version, for PostgreSQL's strict mode: it still reads the stored version on
+/// every `get` and uses an entry only while it is exactly what is stored, which saves the decode and the
+/// token decryption. (sled's copy is exact and needs no version check: see `notices`.)
 #[derive(Debug)]
 pub(crate) struct Decoded {
     entries: RwLock<HashMap<SessionKey, (u64, Arc<Session>)>>,
