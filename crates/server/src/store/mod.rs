@@ -259,6 +259,12 @@ pub(crate) struct Decoded {
 /// What one decoded record costs in memory, about: an OIDC session with its tokens, and its place in a map.
 const RECORD_BYTES: u64 = 2_560;
 
+/// A `--cache-mb` budget split between two caches, the odd byte to the second.
+pub(crate) fn halves(bytes: u64) -> (u64, u64) {
+    let first = bytes / 2;
+    (first, bytes - first)
+}
+
 /// How many decoded records `bytes` of the `--cache-mb` budget hold.
 pub(crate) fn records_in(bytes: u64) -> usize {
     usize::try_from(bytes / RECORD_BYTES).unwrap_or(usize::MAX)

@@ -199,9 +199,9 @@ impl PgStore {
     pub fn with_change_notices(mut self) -> Self {
         // The budget is shared: half for the copy checks are answered from, half for the decoded records
         // that writes start from.
-        let half = self.cache_bytes / 2;
-        self.decoded = Decoded::with_capacity(super::records_in(half));
-        let notices = Notices::new(super::records_in(self.cache_bytes - half));
+        let (decoded, copy) = super::halves(self.cache_bytes);
+        self.decoded = Decoded::with_capacity(super::records_in(decoded));
+        let notices = Notices::new(super::records_in(copy));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         tokio::spawn(notices::listen(self.config.clone(), notices.clone(), stopped));
         self.notices = Some((notices, stop));

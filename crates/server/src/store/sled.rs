@@ -231,8 +231,7 @@ impl SledStore {
     /// Opens (or creates) the store. Its memory is bounded by `cache_bytes`: half for sled's page cache, half
     /// for the copy of decoded records.
     pub fn open(path: &Path, sealer: TokenSealer, policy: Policy, cache_bytes: u64) -> Result<Self, StoreError> {
-        let pages = cache_bytes / 2;
-        let copy_bytes = cache_bytes - pages;
+        let (pages, copy_bytes) = super::halves(cache_bytes);
         let db = sled::Config::new().path(path).cache_capacity(pages).flush_every_ms(None).open()?;
         let gate = Arc::new(Gate::default());
         let flusher = {
@@ -415,18 +414,15 @@ impl SledStore {
             Ok(())
         });
         let keys: Vec<SessionKey> = writes.iter().map(|w| w.borrow().key).collect();
-        if let Err(e) = map_tx(result) {
-            // Between another writer's commit and its `changed`, the copy still answers the record that
-            // writer replaced. A conflict is the proof: the caller's retry must read sled, or it could
-            // meet the same stale answer on every attempt.
-            if e == StoreError::Conflict {
-                for key in &keys {
-                    self.copy.forget(key);
-                }
-            }
-            return Err(e);
+        // The copy drops these records whatever the outcome. Written, they changed. Refused, another writer
+        // changed them and may not have dropped them yet (it does so after its commit): the caller's retry
+        // must read sled, or it could meet the same stale record on every attempt.
+        for key in &keys {
+            self.copy.forget(key);
         }
-        self.changed(&keys);
+        map_tx(result)?;
+        // Written: passes may claim them again.
+        self.unclaim(&keys);
         Ok(())
     }
 
@@ -472,15 +468,6 @@ impl SledStore {
             }
         }
         Ok(keys)
-    }
-
-    /// Records under `keys` were written: checks stop answering them from the copy, and passes may claim
-    /// them again.
-    fn changed(&self, keys: &[SessionKey]) {
-        for key in keys {
-            self.copy.forget(key);
-        }
-        self.unclaim(keys);
     }
 
     fn unclaim(&self, keys: &[SessionKey]) {
