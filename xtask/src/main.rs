@@ -568,11 +568,66 @@ fn benchmarks_md(criterion: &[(String, f64)], l: &serde_json::Value) -> String {
         verdict(load <= 30.0),
         verdict(rss < 1024.0),
     ));
+    md.push_str(&sled_floor(g, &l["sled_floor"]));
     md.push_str("## criterion medians\n\n| benchmark | median |\n|---|---|\n");
     for (name, ns) in criterion {
         md.push_str(&format!("| {name} | {} |\n", human(*ns)));
     }
     md
+}
+
+/// The scale targets against what sled alone costs for the same records (`loadtest --floor-only`): where the
+/// floor is already over a target, no store built on sled can meet it with records of this size.
+fn sled_floor(ours: &serde_json::Value, floor: &serde_json::Value) -> String {
+    let n = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let mut md = format!(
+        "### What sled alone costs for the same records\n\nThe same stored bytes ({} B a record: the version, the \
+         record and its sealed tokens) under the same keys, {} records in one sled tree with the same page cache, \
+         and nothing of ours: no transaction, schedule, index, sealing or copy of decoded records \
+         (`loadtest --floor-only`, in this run).\n\n\
+         | | sled alone | bff-session | target | sled alone against the target |\n|---|---|---|---|---|\n",
+        floor["value_bytes"],
+        grouped(floor["sessions"].as_u64().unwrap_or(0)),
+    );
+    let within = |floor: f64, target: f64| {
+        if floor <= target { "within: the rest is the store's own work" } else { "over: out of reach on sled" }
+    };
+    let rows = [
+        ("load (two threads)", "load_s", "load_s", 1, " s", "≤ 30 s", 30.0),
+        ("read p99, uniformly random", "get_uniform_p99_us", "auth_uniform_p99_us", 0, " µs", "≤ 100 µs", 100.0),
+        (
+            "100 records read and rewritten (ours: the pass with 100 due)",
+            "rewrite_100_ms",
+            "tick_ms",
+            1,
+            " ms",
+            "< 10 ms",
+            10.0,
+        ),
+        ("disk", "disk_mib", "disk_mib", 0, " MiB", "≤ 3 GB (2861 MiB)", 3e9 / (1024.0 * 1024.0)),
+    ];
+    for (name, fk, ok, digits, unit, target, limit) in rows {
+        let (a, b) = (n(&floor[fk]), n(&ours[ok]));
+        md.push_str(&format!(
+            "| {name} | {a:.digits$}{unit} | {b:.digits$}{unit} | {target} | {} |\n",
+            within(a, limit)
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+/// `1234567` as `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Every `new/estimates.json` below `dir`, as (benchmark name, median in ns).
@@ -686,7 +741,7 @@ fn git(args: &[&str]) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::reckons_with;
+    use super::{reckons_with, sled_floor};
 
     fn reckons(code: &str) -> bool {
         code.match_indices("now").any(|(i, _)| reckons_with(code, i, i + 3))
@@ -720,5 +775,26 @@ mod tests {
         ] {
             assert!(!reckons(code), "{code}");
         }
+    }
+
+    #[test]
+    fn the_floor_says_which_targets_sled_alone_already_misses() {
+        let ours =
+            serde_json::json!({"load_s": 158.0, "auth_uniform_p99_us": 358.0, "tick_ms": 27.7, "disk_mib": 5372.0});
+        let floor = serde_json::json!({
+            "sessions": 1_000_000, "value_bytes": 1976, "load_s": 29.0, "get_uniform_p99_us": 227.0,
+            "rewrite_100_ms": 4.0, "disk_mib": 3589.0,
+        });
+        let md = sled_floor(&ours, &floor);
+        let row = |name: &str| md.lines().find(|l| l.starts_with(&format!("| {name}"))).unwrap_or_default().to_owned();
+        assert!(row("load").ends_with("| within: the rest is the store's own work |"), "{md}");
+        assert!(row("read p99").contains("| 227 µs | 358 µs |") && row("read p99").ends_with("out of reach on sled |"));
+        assert!(row("100 records").contains("| 4.0 ms | 27.7 ms |") && row("100 records").contains("within"));
+        assert!(row("disk").ends_with("| over: out of reach on sled |"), "{md}");
+        assert!(md.contains("1976 B a record") && md.contains("1,000,000 records"));
+        assert_eq!(
+            [super::grouped(7), super::grouped(1000), super::grouped(123_456_789)],
+            ["7", "1,000", "123,456,789"]
+        );
     }
 }

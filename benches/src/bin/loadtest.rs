@@ -6,6 +6,8 @@
 //! - durable logout latency while (b) is under load.
 //! - the server with 1,000 and 1,000,000 sessions loaded through the store: authenticate latency, resident
 //!   memory, disk size, one background tick with 100 due sessions, and sweeping every session once expired.
+//! - sled's floor at the large size: the same stored bytes under the same keys in one sled tree, with none of
+//!   ours around them, so the scale targets can be set against what sled alone costs.
 //!
 //! Prints one JSON object; `cargo xtask bench` turns it into BENCHMARKS.md.
 
@@ -260,6 +262,10 @@ async fn main() {
         println!("{}", serde_json::to_string_pretty(&scale(big).await).unwrap());
         return;
     }
+    if std::env::args().any(|a| a == "--floor-only") {
+        println!("{}", serde_json::to_string_pretty(&sled_floor(big)).unwrap());
+        return;
+    }
     if std::env::args().any(|a| a == "--stores-only") {
         println!("{}", serde_json::to_string_pretty(&stores(secs, connections).await).unwrap());
         return;
@@ -322,6 +328,7 @@ async fn main() {
     }
     let large = scale(big).await;
     curve.push(large.clone());
+    let floor = sled_floor(big);
     let ratio = |x: &Value, y: &Value| x["rps"].as_f64().zip(y["rps"].as_f64()).map(|(x, y)| x / y);
     let out = json!({
         "wrk": { "seconds": secs, "connections": connections, "threads": 2 },
@@ -329,11 +336,75 @@ async fn main() {
         "ratio_session_to_bare": ratio(&b, &a),
         "ratio_proxy_to_upstream": ratio(&c, &d),
         "logout_under_load": { "count": logout_ms.len(), "p50_ms": percentile(&logout_ms, 0.5), "p99_ms": percentile(&logout_ms, 0.99), "load": under_load },
-        "scale_small": small, "scale_large": large, "scale_curve": curve,
+        "scale_small": small, "scale_large": large, "scale_curve": curve, "sled_floor": floor,
         "auth_p99_ratio": large["auth_p99_us"].as_f64().zip(small["auth_p99_us"].as_f64()).map(|(l, s)| l / s),
         "stores": stores(secs, connections).await,
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
+}
+
+/// sled with nothing of ours: `n` records of the size the store writes for the scale run's sessions (the
+/// version, then the record with its sealed tokens), under the same keys (SHA-256 of the session IDs), in
+/// one tree, with the page cache the store gets from the scale run's `--cache-mb`. It measures what the
+/// scale targets cannot go below on sled: loading by single-key inserts on two threads (no transaction, no
+/// schedule, no index), reads of uniformly random keys, 100 read-and-rewrites of random records (what a
+/// pass does to each due record, without its index and schedule changes), and the bytes on disk.
+fn sled_floor(n: u64) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (pages, _) = bff_session_server::store::halves(256 << 20);
+    let db = sled::Config::new().path(dir.path()).cache_capacity(pages).flush_every_ms(None).open().unwrap();
+    let tree = db.open_tree("sessions").unwrap();
+    let policy = Policy::hardened();
+    let now = bff_session_core::Timestamp::from_millis(1_800_000_000_000);
+    let sealer = bff_session_server::seal::TokenSealer::from_key([7; 32]);
+    let session = lifecycle::create(&new_session(0), now, &policy).outcome;
+    let mut value = session.version().to_be_bytes().to_vec();
+    value.extend_from_slice(&bff_session_core::record::encode(&session, &sealer));
+    let key = |i: u64| id(i).key();
+
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for part in 0..2u64 {
+            let (tree, value) = (&tree, &value);
+            scope.spawn(move || {
+                for i in (part..n).step_by(2) {
+                    tree.insert(key(i).as_bytes(), value.as_slice()).unwrap();
+                }
+            });
+        }
+    });
+    db.flush().unwrap();
+    let load_s = started.elapsed().as_secs_f64();
+
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut lat: Vec<f64> = (0..20_000)
+        .map(|_| {
+            let k = key(random());
+            let t = Instant::now();
+            assert!(tree.get(k.as_bytes()).unwrap().is_some());
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let t = Instant::now();
+    for _ in 0..100 {
+        let k = key(random());
+        let old = tree.get(k.as_bytes()).unwrap();
+        tree.compare_and_swap(k.as_bytes(), old, Some(value.as_slice())).unwrap().unwrap();
+    }
+    let rewrite_ms = t.elapsed().as_secs_f64() * 1e3;
+    db.flush().unwrap();
+    json!({
+        "sessions": n, "value_bytes": value.len(), "load_s": load_s,
+        "get_uniform_p50_us": percentile(&lat, 0.5), "get_uniform_p99_us": percentile(&lat, 0.99),
+        "rewrite_100_ms": rewrite_ms, "disk_mib": disk_mib(dir.path()),
+    })
 }
 
 /// `GET /auth/session` with a valid session on sled, on PostgreSQL (`BFF_BENCH_POSTGRES`, else

@@ -260,7 +260,7 @@ pub(crate) struct Decoded {
 const RECORD_BYTES: u64 = 2_560;
 
 /// A `--cache-mb` budget split between two caches, the odd byte to the second.
-pub(crate) fn halves(bytes: u64) -> (u64, u64) {
+pub fn halves(bytes: u64) -> (u64, u64) {
     let first = bytes / 2;
     (first, bytes - first)
 }
