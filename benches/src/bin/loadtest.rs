@@ -263,7 +263,8 @@ async fn main() {
         return;
     }
     if std::env::args().any(|a| a == "--floor-only") {
-        println!("{}", serde_json::to_string_pretty(&sled_floor(big)).unwrap());
+        let floors = [sled_floor(big, false), sled_floor(big, true)];
+        println!("{}", serde_json::to_string_pretty(&floors).unwrap());
         return;
     }
     if std::env::args().any(|a| a == "--stores-only") {
@@ -328,7 +329,8 @@ async fn main() {
     }
     let large = scale(big).await;
     curve.push(large.clone());
-    let floor = sled_floor(big);
+    let floor = sled_floor(big, false);
+    let floor_entries = sled_floor(big, true);
     let ratio = |x: &Value, y: &Value| x["rps"].as_f64().zip(y["rps"].as_f64()).map(|(x, y)| x / y);
     let out = json!({
         "wrk": { "seconds": secs, "connections": connections, "threads": 2 },
@@ -336,7 +338,7 @@ async fn main() {
         "ratio_session_to_bare": ratio(&b, &a),
         "ratio_proxy_to_upstream": ratio(&c, &d),
         "logout_under_load": { "count": logout_ms.len(), "p50_ms": percentile(&logout_ms, 0.5), "p99_ms": percentile(&logout_ms, 0.99), "load": under_load },
-        "scale_small": small, "scale_large": large, "scale_curve": curve, "sled_floor": floor,
+        "scale_small": small, "scale_large": large, "scale_curve": curve, "sled_floor": floor, "sled_floor_entries": floor_entries,
         "auth_p99_ratio": large["auth_p99_us"].as_f64().zip(small["auth_p99_us"].as_f64()).map(|(l, s)| l / s),
         "stores": stores(secs, connections).await,
     });
@@ -344,16 +346,20 @@ async fn main() {
 }
 
 /// sled with nothing of ours: `n` records of the size the store writes for the scale run's sessions (the
-/// version, then the record with its sealed tokens), under the same keys (SHA-256 of the session IDs), in
-/// one tree, with the page cache the store gets from the scale run's `--cache-mb`. It measures what the
-/// scale targets cannot go below on sled: loading by single-key inserts on two threads (no transaction, no
-/// schedule, no index), reads of uniformly random keys, 100 read-and-rewrites of random records (what a
-/// pass does to each due record, without its index and schedule changes), and the bytes on disk.
-fn sled_floor(n: u64) -> Value {
+/// version, then the record with its sealed tokens), under the same keys (SHA-256 of the session IDs), with
+/// the page cache the store gets from the scale run's `--cache-mb`. It measures what the scale targets cannot
+/// go below on sled: loading on two threads, reads of uniformly random keys, 100 read-and-rewrites of random
+/// records (what a pass does to each due record), and the bytes on disk. Each write is a single-key
+/// operation, never a transaction. With `entries`, each record also gets the store's four other entries (its
+/// schedule entry and its user, `sid` and `sub` index entries, keys shaped as the store's), added before the
+/// record on load, and moved (schedule) or removed (indexes) on a rewrite, as an expiry does.
+fn sled_floor(n: u64, entries: bool) -> Value {
+    const SEP: u8 = 0xff;
     let dir = tempfile::tempdir().unwrap();
     let (pages, _) = bff_session_server::store::halves(256 << 20);
     let db = sled::Config::new().path(dir.path()).cache_capacity(pages).flush_every_ms(None).open().unwrap();
-    let tree = db.open_tree("sessions").unwrap();
+    let trees: Vec<sled::Tree> =
+        ["sessions", "schedule", "by_user", "by_sid", "by_sub"].iter().map(|t| db.open_tree(t).unwrap()).collect();
     let policy = Policy::hardened();
     let now = bff_session_core::Timestamp::from_millis(1_800_000_000_000);
     let sealer = bff_session_server::seal::TokenSealer::from_key([7; 32]);
@@ -361,14 +367,41 @@ fn sled_floor(n: u64) -> Value {
     let mut value = session.version().to_be_bytes().to_vec();
     value.extend_from_slice(&bff_session_core::record::encode(&session, &sealer));
     let key = |i: u64| id(i).key();
+    let joined = |parts: &[&str], key: &[u8]| {
+        let mut k = Vec::new();
+        for p in parts {
+            k.extend_from_slice(p.as_bytes());
+            k.push(SEP);
+        }
+        k.extend_from_slice(key);
+        k
+    };
+    let at = |ms: u64, key: &[u8]| [ms.to_be_bytes().as_slice(), key].concat();
+    // (tree, entry) of record `i`, as the store's `index_entries` and `schedule_key` shape them.
+    let entries_of = |i: u64| {
+        let k = key(i);
+        let k = k.as_bytes();
+        let (user, sid) = (format!("user{}", i % 100_000), format!("sid{i}"));
+        vec![
+            (1, at(now.as_millis() + 3_600_000, k)),
+            (2, joined(&[&user], k)),
+            (3, joined(&["https://idp.example", &sid], k)),
+            (4, joined(&["https://idp.example", &user], k)),
+        ]
+    };
 
     let started = Instant::now();
     std::thread::scope(|scope| {
         for part in 0..2u64 {
-            let (tree, value) = (&tree, &value);
+            let (trees, value, entries_of) = (&trees, &value, &entries_of);
             scope.spawn(move || {
                 for i in (part..n).step_by(2) {
-                    tree.insert(key(i).as_bytes(), value.as_slice()).unwrap();
+                    if entries {
+                        for (tree, entry) in entries_of(i) {
+                            trees[tree].insert(entry, &[]).unwrap();
+                        }
+                    }
+                    trees[0].insert(key(i).as_bytes(), value.as_slice()).unwrap();
                 }
             });
         }
@@ -387,21 +420,28 @@ fn sled_floor(n: u64) -> Value {
         .map(|_| {
             let k = key(random());
             let t = Instant::now();
-            assert!(tree.get(k.as_bytes()).unwrap().is_some());
+            assert!(trees[0].get(k.as_bytes()).unwrap().is_some());
             t.elapsed().as_secs_f64() * 1e6
         })
         .collect();
     lat.sort_by(f64::total_cmp);
     let t = Instant::now();
     for _ in 0..100 {
-        let k = key(random());
-        let old = tree.get(k.as_bytes()).unwrap();
-        tree.compare_and_swap(k.as_bytes(), old, Some(value.as_slice())).unwrap().unwrap();
+        let i = random();
+        let k = key(i);
+        let old = trees[0].get(k.as_bytes()).unwrap();
+        if entries {
+            for (tree, entry) in entries_of(i) {
+                trees[tree].remove(entry).unwrap();
+            }
+            trees[1].insert(at(now.as_millis() + 86_400_000, k.as_bytes()), &[]).unwrap();
+        }
+        trees[0].compare_and_swap(k.as_bytes(), old, Some(value.as_slice())).unwrap().unwrap();
     }
     let rewrite_ms = t.elapsed().as_secs_f64() * 1e3;
     db.flush().unwrap();
     json!({
-        "sessions": n, "value_bytes": value.len(), "load_s": load_s,
+        "sessions": n, "value_bytes": value.len(), "entries": entries, "load_s": load_s,
         "get_uniform_p50_us": percentile(&lat, 0.5), "get_uniform_p99_us": percentile(&lat, 0.99),
         "rewrite_100_ms": rewrite_ms, "disk_mib": disk_mib(dir.path()),
     })
