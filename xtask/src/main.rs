@@ -562,10 +562,10 @@ fn benchmarks_md(criterion: &[(String, f64)], l: &serde_json::Value) -> String {
          on disk: **{disk:.0} MiB** ({}); loaded in at most 30 s: **{load:.0} s** ({}); resident memory under \
          1 GiB: **{rss:.0} MiB** ({}).\n\n",
         verdict(ratio <= 2.0),
-        verdict(uniform <= 100.0),
-        verdict(tick < 10.0),
-        verdict(disk * 1024.0 * 1024.0 <= 3e9),
-        verdict(load <= 30.0),
+        verdict(uniform_p99_met(uniform)),
+        verdict(pass_met(tick)),
+        verdict(disk_met(disk)),
+        verdict(load_met(load)),
         verdict(rss < 1024.0),
     ));
     md.push_str(&sled_floor(g, &l["sled_floor"], &l["sled_floor_entries"]));
@@ -574,6 +574,27 @@ fn benchmarks_md(criterion: &[(String, f64)], l: &serde_json::Value) -> String {
         md.push_str(&format!("| {name} | {} |\n", human(*ns)));
     }
     md
+}
+
+/// Issue 15's targets at 1,000,000 sessions, each said once: the verdict paragraph and the floor table judge by
+/// these. Loaded in at most 30 s.
+fn load_met(seconds: f64) -> bool {
+    seconds <= 30.0
+}
+
+/// Authenticate p99, uniformly random over every stored session, at most 100 µs.
+fn uniform_p99_met(micros: f64) -> bool {
+    micros <= 100.0
+}
+
+/// A background pass with 100 due under 10 ms.
+fn pass_met(millis: f64) -> bool {
+    millis < 10.0
+}
+
+/// At most 3 GB on disk.
+fn disk_met(mib: f64) -> bool {
+    mib * 1024.0 * 1024.0 <= 3e9
 }
 
 /// The scale targets against what sled alone costs for the same records (`loadtest --floor-only`), without
@@ -593,14 +614,22 @@ fn sled_floor(ours: &serde_json::Value, alone: &serde_json::Value, entries: &ser
         alone["value_bytes"],
         grouped(alone["sessions"].as_u64().unwrap_or(0)),
     );
-    let verdict = |alone: f64, entries: f64, target: f64| match (alone <= target, entries <= target) {
+    let verdict = |alone: f64, entries: f64, met: fn(f64) -> bool| match (met(alone), met(entries)) {
         (false, _) => "over sled's own floor: out of reach on sled",
         (true, false) => "over the floor with the entries: out of reach for this layout on sled",
         (true, true) => "within both floors: the rest is the store's own work",
     };
     let rows = [
-        ("load (two threads)", "load_s", "load_s", 1, " s", "≤ 30 s", 30.0),
-        ("read p99, uniformly random", "get_uniform_p99_us", "auth_uniform_p99_us", 0, " µs", "≤ 100 µs", 100.0),
+        ("load (two threads)", "load_s", "load_s", 1, " s", "≤ 30 s", load_met as fn(f64) -> bool),
+        (
+            "read p99, uniformly random",
+            "get_uniform_p99_us",
+            "auth_uniform_p99_us",
+            0,
+            " µs",
+            "≤ 100 µs",
+            uniform_p99_met,
+        ),
         (
             "100 records read and rewritten (ours: the pass with 100 due)",
             "rewrite_100_ms",
@@ -608,15 +637,15 @@ fn sled_floor(ours: &serde_json::Value, alone: &serde_json::Value, entries: &ser
             1,
             " ms",
             "< 10 ms",
-            10.0,
+            pass_met,
         ),
-        ("disk", "disk_mib", "disk_mib", 0, " MiB", "≤ 3 GB (2861 MiB)", 3e9 / (1024.0 * 1024.0)),
+        ("disk", "disk_mib", "disk_mib", 0, " MiB", "≤ 3 GB (2861 MiB)", disk_met),
     ];
-    for (name, fk, ok, digits, unit, target, limit) in rows {
+    for (name, fk, ok, digits, unit, target, met) in rows {
         let (a, e, b) = (n(&alone[fk]), n(&entries[fk]), n(&ours[ok]));
         md.push_str(&format!(
             "| {name} | {a:.digits$}{unit} | {e:.digits$}{unit} | {b:.digits$}{unit} | {target} | {} |\n",
-            verdict(a, e, limit)
+            verdict(a, e, met)
         ));
     }
     md.push('\n');
